@@ -1,0 +1,229 @@
+"""The serialisable configuration of :func:`dpp.prune` and its resolution per layer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from fnmatch import fnmatchcase
+from typing import Any
+
+from .granularity import GRANULARITIES
+from .quantization import QUANT_SCALES, QuantSpec
+from .schedules import Schedule
+
+__all__ = ["OVERRIDE_KEYS", "DPPConfig", "LayerSettings", "matches_pattern"]
+
+OVERRIDE_KEYS = (
+    "granularity",
+    "density",
+    "k",
+    "block_size",
+    "prune",
+    "weight_bits",
+    "quant_scale",
+    "activation_bits",
+)
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """The settings one layer ends up with after the overrides are applied."""
+
+    granularity: str
+    density: float | None
+    k: int | None
+    block_size: int | None
+    prune: bool
+    weight_bits: int | str | None
+    quant_scale: str
+    activation_bits: int | None
+
+    @property
+    def quant(self) -> QuantSpec | None:
+        if self.weight_bits is None or self.weight_bits == 32:
+            return None
+        return QuantSpec(self.weight_bits, self.quant_scale)
+
+    @property
+    def touched(self) -> bool:
+        """Whether DPP replaces the layer at all (pruned or quantized)."""
+        return self.prune or self.quant is not None or self.activation_bits is not None
+
+
+def matches_pattern(name: str, pattern: str) -> bool:
+    """A glob matches a layer's own name or the name of a module that contains it."""
+    parts = name.split(".")
+    return any(fnmatchcase(".".join(parts[:i]), pattern) for i in range(len(parts), 0, -1))
+
+
+@dataclass
+class DPPConfig:
+    """Everything :func:`dpp.prune` needs; serialises to a plain dict / JSON.
+
+    Args:
+        granularity: ``"weight"`` (k of every output unit's fan-in), ``"block"`` (k of every
+            ``block_size`` consecutive inputs, N:M), ``"kernel"`` (k of C_in kernels per
+            feature map, convolutions only) or ``"filter"`` (k of C_out feature maps).
+        density: fraction kept per group; ``k = max(1, round(density * n))``.
+        k: candidates kept per group (instead of ``density``).
+        block_size: ``m`` of the ``"block"`` granularity (4 for 2:4).
+        include: glob patterns of module names (as ``model.named_modules()`` prints them) to
+            prune; a pattern also selects every layer inside a matching module. ``None``:
+            every ``nn.Linear`` and ``nn.Conv1d/2d/3d``.
+        exclude: glob patterns of module names left untouched.
+        overrides: ``{pattern: {key: value}}`` applied in order to matching layers; keys:
+            granularity, density, k, block_size, prune (``False`` keeps the layer dense),
+            weight_bits, quant_scale, activation_bits.
+        temperature: the relaxation temperature ``tau``: a number (constant) or a
+            :class:`~dpp.Schedule` (or its dict), advanced by ``Pruner.step()``.
+        noise_scale: the Gumbel noise multiplier ``beta``: a number or a schedule.
+        logit_init_std: standard deviation of the logits' normal initialisation.
+        entropy_weight: ``lambda`` of ``Pruner.entropy_loss()``.
+        weight_bits: ``None`` (float), 2..8 or ``"binary"``: joint weight quantization.
+        quant_scale: ``"channel"`` or ``"tensor"`` quantization scale.
+        activation_bits: ``None`` or 8: fake-quantize every touched layer's input.
+
+    Example:
+        >>> import dpp
+        >>> cfg = dpp.DPPConfig(density=0.05, overrides={"fc3": {"density": 0.5}})
+        >>> dpp.DPPConfig.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    granularity: str = "weight"
+    density: float | None = None
+    k: int | None = None
+    block_size: int | None = None
+    include: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    temperature: Schedule = field(default_factory=lambda: Schedule("constant", 1.0))
+    noise_scale: Schedule = field(default_factory=lambda: Schedule("constant", 1.0))
+    logit_init_std: float = 0.5
+    entropy_weight: float = 0.0
+    weight_bits: int | str | None = None
+    quant_scale: str = "channel"
+    activation_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        self.temperature = Schedule.coerce(self.temperature, "temperature")
+        self.noise_scale = Schedule.coerce(self.noise_scale, "noise_scale")
+        if isinstance(self.include, str):
+            self.include = [self.include]
+        if isinstance(self.exclude, str):
+            self.exclude = [self.exclude]
+        self.exclude = list(self.exclude)
+        if self.include is not None:
+            self.include = list(self.include)
+        self.overrides = {str(p): dict(v) for p, v in dict(self.overrides).items()}
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(
+                f"unknown granularity {self.granularity!r}; "
+                f"valid: {', '.join(repr(g) for g in GRANULARITIES)}"
+            )
+        if self.density is not None and self.k is not None:
+            raise ValueError(f"give density or k, not both (got density={self.density}, k={self.k})")
+        if self.density is not None and not 0 < self.density <= 1:
+            raise ValueError(f"density must be in (0, 1], got {self.density}")
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise ValueError(f"k must be an int >= 1, got {self.k!r}")
+        if self.quant_scale not in QUANT_SCALES:
+            raise ValueError(f"quant_scale must be one of {QUANT_SCALES}, got {self.quant_scale!r}")
+        if self.weight_bits not in (None, 32):
+            QuantSpec(self.weight_bits, self.quant_scale)
+        if self.activation_bits not in (None, 8):
+            raise ValueError(f"activation_bits must be None or 8, got {self.activation_bits!r}")
+        if self.logit_init_std < 0:
+            raise ValueError(f"logit_init_std must be >= 0, got {self.logit_init_std}")
+        if self.entropy_weight < 0:
+            raise ValueError(f"entropy_weight must be >= 0, got {self.entropy_weight}")
+        for pattern, values in self.overrides.items():
+            unknown = set(values) - set(OVERRIDE_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"override {pattern!r} has unknown key(s) {sorted(unknown)}; "
+                    f"valid keys: {', '.join(OVERRIDE_KEYS)}"
+                )
+
+    # ---------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON types only) that :meth:`from_dict` turns back into this config."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Schedule):
+                value = value.to_dict()
+            elif isinstance(value, list):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = {p: dict(v) for p, v in value.items()}
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DPPConfig:
+        """Build a config from :meth:`to_dict` output; unknown keys are an error."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown DPP config key(s) {unknown}; valid keys: {', '.join(valid)}")
+        return cls(**data)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> DPPConfig:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> DPPConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    # ---------------------------------------------------------------- resolution
+    def selects(self, name: str) -> bool:
+        """Whether a prunable layer of this name is selected by include/exclude."""
+        if self.include is not None and not any(matches_pattern(name, p) for p in self.include):
+            return False
+        return not any(matches_pattern(name, p) for p in self.exclude)
+
+    def settings_for(self, name: str) -> LayerSettings:
+        """The settings of a selected layer after applying every matching override in order."""
+        values: dict[str, Any] = {
+            "granularity": self.granularity,
+            "density": self.density,
+            "k": self.k,
+            "block_size": self.block_size,
+            "prune": self.density is not None or self.k is not None,
+            "weight_bits": self.weight_bits,
+            "quant_scale": self.quant_scale,
+            "activation_bits": self.activation_bits,
+        }
+        for pattern, override in self.overrides.items():
+            if not matches_pattern(name, pattern):
+                continue
+            sets_k = "density" in override or "k" in override
+            if sets_k:
+                values["density"] = values["k"] = None
+            if "granularity" in override and override["granularity"] != "block":
+                values["block_size"] = None
+            values.update(override)
+            if sets_k and "prune" not in override:
+                values["prune"] = True
+        return LayerSettings(**values)
+
+    def unmatched_patterns(self, names: list[str]) -> dict[str, list[str]]:
+        """Patterns of include/exclude/overrides that match none of ``names``."""
+        out: dict[str, list[str]] = {}
+        for kind, patterns in (
+            ("include", self.include or []),
+            ("exclude", self.exclude),
+            ("overrides", list(self.overrides)),
+        ):
+            missing = [p for p in patterns if not any(matches_pattern(n, p) for n in names)]
+            if missing:
+                out[kind] = missing
+        return out

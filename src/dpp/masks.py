@@ -1,0 +1,145 @@
+"""Mask sources: what decides which k of every n candidates a masked layer keeps.
+
+A masked layer (:mod:`dpp.layers`) owns the mechanics (group layout, applying the mask,
+quantization, finalizing); a :class:`MaskSource` only decides the ``[num_groups, n]``
+k-hot mask. :class:`DPPMask` is Dynamic Probabilistic Pruning: trainable logits, one
+Gumbel top-k draw per forward call in training mode, the deterministic top-k in eval
+mode. :class:`FixedMask` holds a mask that does not change (a frozen DPP mask, a random
+or a magnitude mask). Other scoring rules subclass :class:`MaskSource`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .granularity import GroupLayout
+from .sampling import gumbel_topk
+
+__all__ = ["DPPMask", "FixedMask", "MaskSource", "topk_mask"]
+
+
+def topk_mask(scores: Tensor, k: int) -> Tensor:
+    """k-hot float mask of the k largest ``scores`` along the last dimension."""
+    idx = scores.topk(k, dim=-1).indices
+    return torch.zeros_like(scores, dtype=torch.float32).scatter_(-1, idx, 1.0)
+
+
+class MaskSource(nn.Module):
+    """Decides a layer's k-hot mask. Subclasses implement :meth:`sample` and :meth:`deterministic`.
+
+    Args:
+        layout: the layer's group layout (``num_groups``, ``n``, ``k``).
+    """
+
+    def __init__(self, layout: GroupLayout) -> None:
+        super().__init__()
+        self.layout = layout
+
+    @property
+    def k(self) -> int:
+        return self.layout.k
+
+    def sample(self, weight: Tensor) -> Tensor:
+        """Training-mode mask ``[num_groups, n]`` for this forward call (may carry gradients)."""
+        raise NotImplementedError
+
+    def deterministic(self, weight: Tensor) -> Tensor:
+        """Evaluation mask ``[num_groups, n]``, a float 0/1 tensor without gradient."""
+        raise NotImplementedError
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return self.sample(weight) if self.training else self.deterministic(weight)
+
+    def extra_repr(self) -> str:
+        lay = self.layout
+        return f"{lay.granularity}, groups={lay.num_groups}, k={lay.k}/{lay.n}"
+
+
+class DPPMask(MaskSource):
+    """Learned k-of-n mask: logits ``[num_groups, n]``, Gumbel top-k with a relaxed gradient.
+
+    ``tau`` and ``noise_scale`` are set by the :class:`~dpp.Pruner` at every ``step()``.
+
+    Args:
+        layout: the layer's group layout.
+        init_std: standard deviation of the normal initialisation of the logits.
+        init_logits: optional initial logits ``[num_groups, n]`` (e.g. from weight magnitudes).
+    """
+
+    def __init__(
+        self,
+        layout: GroupLayout,
+        init_std: float = 0.5,
+        init_logits: Tensor | None = None,
+        *,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(layout)
+        shape = (layout.num_groups, layout.n)
+        if init_logits is not None:
+            if tuple(init_logits.shape) != shape:
+                raise ValueError(
+                    f"init_logits must have shape {list(shape)}, got {list(init_logits.shape)}"
+                )
+            logits = init_logits.detach().to(device=device, dtype=torch.float32).clone()
+        else:
+            logits = torch.randn(shape, device=device) * init_std
+        self.logits = nn.Parameter(logits)
+        self.tau = 1.0
+        self.noise_scale = 1.0
+        self.generator: torch.Generator | None = None
+        self._eval_cache: tuple[tuple, Tensor] | None = None
+
+    def sample(self, weight: Tensor) -> Tensor:
+        return gumbel_topk(
+            self.logits,
+            self.k,
+            tau=self.tau,
+            noise_scale=self.noise_scale,
+            generator=self.generator,
+        )
+
+    def deterministic(self, weight: Tensor) -> Tensor:
+        key = (self.logits._version, self.logits.data_ptr(), self.logits.device)
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            with torch.no_grad():
+                self._eval_cache = (key, topk_mask(self.logits, self.k))
+        return self._eval_cache[1]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state = dict(state)
+        state["_eval_cache"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, tau={self.tau:.4g}, noise_scale={self.noise_scale:.4g}"
+
+
+class FixedMask(MaskSource):
+    """A mask that does not change; stored as a buffer ``mask`` ``[num_groups, n]``.
+
+    Args:
+        layout: the layer's group layout.
+        mask: k-hot tensor ``[num_groups, n]`` (exactly ``layout.k`` ones per row).
+    """
+
+    def __init__(self, layout: GroupLayout, mask: Tensor) -> None:
+        super().__init__(layout)
+        shape = (layout.num_groups, layout.n)
+        if tuple(mask.shape) != shape:
+            raise ValueError(f"mask must have shape {list(shape)}, got {list(mask.shape)}")
+        counts = (mask != 0).sum(-1)
+        if not bool((counts == layout.k).all()):
+            raise ValueError(
+                f"mask must keep exactly k={layout.k} of n={layout.n} per group; "
+                f"found between {int(counts.min())} and {int(counts.max())}"
+            )
+        self.register_buffer("mask", (mask != 0).to(torch.float32))
+
+    def sample(self, weight: Tensor) -> Tensor:
+        return self.mask
+
+    def deterministic(self, weight: Tensor) -> Tensor:
+        return self.mask

@@ -1,0 +1,481 @@
+"""``dpp.prune(model, ...)``: one call that adds DPP to a model, and the :class:`Pruner` it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import DPPConfig, LayerSettings, matches_pattern
+from .granularity import GroupLayout
+from .layers import PRUNABLE_TYPES, DPPLayer, is_dpp_layer, unwrap, wrap
+from .masks import DPPMask
+from .quantization import QuantSpec
+
+__all__ = ["FinalizedError", "FinalizedLayer", "Pruner", "prune"]
+
+
+class FinalizedError(RuntimeError, ValueError):
+    """The pruner was used after :meth:`Pruner.finalize` put plain layers back."""
+
+
+@dataclass
+class FinalizedLayer:
+    """What :meth:`Pruner.finalize` baked into one layer.
+
+    Attributes:
+        layout: the group layout, or ``None`` for a quantize-only layer.
+        quant: the quantization spec, or ``None`` for float weights.
+        mask: bool tensor shaped like the weight (``None`` when not pruned).
+        codes: int8 codes shaped like the weight (``None`` when not quantized);
+            the finalized weight is exactly ``scale * codes``.
+        scale: float scales, ``[C_out, 1, ...]`` or ``[1, 1, ...]``.
+        activation_scale: the input's fixed 8-bit scale when activations were quantized.
+    """
+
+    layout: GroupLayout | None
+    quant: QuantSpec | None
+    mask: Tensor | None
+    codes: Tensor | None
+    scale: Tensor | None
+    activation_scale: Tensor | None = None
+
+
+def _module_names(model: nn.Module) -> dict[int, list[str]]:
+    """Every name under which each module object appears (shared modules have several)."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    return names
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _mha_projections(model: nn.Module) -> set[int]:
+    """``nn.MultiheadAttention.out_proj`` layers: their forward is never called, so a mask
+    on them would be silently ignored."""
+    return {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+
+
+class Pruner:
+    """Handle on a model pruned with :func:`prune`: schedules, losses, masks, finalize.
+
+    Do not build it directly; call :func:`prune`. It holds no global state: the masks live
+    in the model's layers, the pruner only references them.
+
+    Call :meth:`step` once per optimizer step (after ``optimizer.step()``): it advances the
+    temperature and noise schedules, whose ``steps`` therefore count optimizer steps.
+    """
+
+    def __init__(self, model: nn.Module, config: DPPConfig, layers: dict[str, DPPLayer]) -> None:
+        self.model = model
+        self.config = config
+        self.layers = layers
+        self._step = 0
+        self._finalized: dict[str, FinalizedLayer] | None = None
+        self._apply_schedules()
+
+    # ------------------------------------------------------------------ helpers
+    def _check_live(self, what: str) -> None:
+        if self._finalized is not None:
+            raise FinalizedError(
+                f"Pruner.{what}() was called after finalize(): the model holds plain layers "
+                "now. Call dpp.prune() on a fresh model to prune again, or use "
+                "pruner.finalized_layers for what finalize() baked in."
+            )
+
+    def _sources(self) -> Iterator[tuple[str, DPPMask]]:
+        for name, layer in self.layers.items():
+            if isinstance(layer.dpp, DPPMask):
+                yield name, layer.dpp
+
+    def _apply_schedules(self) -> None:
+        tau = self.temperature
+        beta = self.noise_scale
+        if not tau > 0:
+            raise ValueError(f"the temperature schedule reached {tau}; it must stay > 0")
+        if not beta >= 0:
+            raise ValueError(f"the noise-scale schedule reached {beta}; it must stay >= 0")
+        for _, source in self._sources():
+            source.tau = tau
+            source.noise_scale = beta
+
+    # ------------------------------------------------------------------ schedules
+    @property
+    def current_step(self) -> int:
+        """How many times :meth:`step` has been called."""
+        return self._step
+
+    @property
+    def temperature(self) -> float:
+        """The relaxation temperature at the current step."""
+        return self.config.temperature.value(self._step)
+
+    @property
+    def noise_scale(self) -> float:
+        """The Gumbel noise multiplier at the current step."""
+        return self.config.noise_scale.value(self._step)
+
+    def step(self, steps: int = 1) -> None:
+        """Advance the temperature and noise schedules; call once per optimizer step."""
+        self._check_live("step")
+        self._step += int(steps)
+        self._apply_schedules()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pruner's own state (schedule position and config); the logits are in the model's."""
+        return {"step": self._step, "config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the schedule position saved by :meth:`state_dict`."""
+        self._check_live("load_state_dict")
+        saved = state.get("config")
+        if saved is not None and saved != self.config.to_dict():
+            raise ValueError(
+                "the saved pruner state comes from a different DPP config; build the pruner "
+                f"with the saved config (DPPConfig.from_dict(state['config'])). Saved: {saved}"
+            )
+        self._step = int(state["step"])
+        self._apply_schedules()
+
+    # ------------------------------------------------------------------ training helpers
+    def logits(self) -> list[nn.Parameter]:
+        """The trainable mask logits of every learned layer."""
+        return [source.logits for _, source in self._sources()]
+
+    def param_groups(
+        self,
+        *,
+        logit_lr: float | None = None,
+        logit_weight_decay: float = 0.0,
+        **options: Any,
+    ) -> list[dict[str, Any]]:
+        """Optimizer parameter groups with the logits in a group of their own.
+
+        Args:
+            logit_lr: learning rate of the logits (default: the optimizer's ``lr``).
+            logit_weight_decay: weight decay of the logits (0: decay would pull every
+                group towards a uniform choice).
+            **options: options of the other group (``lr``, ``weight_decay``, ...).
+
+        Example:
+            >>> import torch, dpp
+            >>> model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 2))
+            >>> pruner = dpp.prune(model, density=0.25)
+            >>> opt = torch.optim.Adam(pruner.param_groups(lr=1e-3, logit_lr=1e-2))
+            >>> [len(g["params"]) for g in opt.param_groups]
+            [4, 2]
+        """
+        self._check_live("param_groups")
+        logits = self.logits()
+        ids = {id(p) for p in logits}
+        others = [p for p in self.model.parameters() if id(p) not in ids]
+        logit_group: dict[str, Any] = {"params": logits, "weight_decay": logit_weight_decay}
+        if logit_lr is not None:
+            logit_group["lr"] = logit_lr
+        return [{"params": others, **options}, logit_group]
+
+    def entropy(self) -> Tensor:
+        """Sum over every group of the entropy of ``softmax(logits)`` (differentiable, nats)."""
+        self._check_live("entropy")
+        terms = [
+            -(torch.softmax(s.logits, -1) * torch.log_softmax(s.logits, -1)).sum()
+            for _, s in self._sources()
+        ]
+        if not terms:
+            return torch.zeros(())
+        return torch.stack(terms).sum()
+
+    def entropy_loss(self) -> Tensor:
+        """``entropy_weight * entropy()``: add it to the loss to push groups to confident choices.
+
+        Zero (and free) when ``entropy_weight`` is 0.
+        """
+        self._check_live("entropy_loss")
+        if self.config.entropy_weight == 0:
+            device = next(iter(self.logits()), torch.zeros(())).device
+            return torch.zeros((), device=device)
+        return self.config.entropy_weight * self.entropy()
+
+    # ------------------------------------------------------------------ masks
+    def masks(self) -> dict[str, Tensor]:
+        """Deterministic masks (bool, shaped like each weight) of every pruned layer."""
+        self._check_live("masks")
+        out = {}
+        for name, layer in self.layers.items():
+            mask = layer.dpp_masks()
+            if mask is not None:
+                out[name] = mask
+        return out
+
+    def sparsity(self) -> dict[str, Any]:
+        """Achieved weight sparsity of the deterministic masks.
+
+        Returns:
+            ``{"layers": {name: fraction of zero weights}, "total": fraction over the
+            pruned layers' weights, "model": fraction over every weight of every Linear and
+            Conv layer in the model, pruned or not}``.
+        """
+        masks = self.masks()
+        layers = {name: 1.0 - float(m.float().mean()) for name, m in masks.items()}
+        pruned = sum(m.numel() - int(m.sum()) for m in masks.values())
+        total = sum(m.numel() for m in masks.values())
+        all_weights = sum(
+            m.weight.numel() for m in self.model.modules() if isinstance(m, PRUNABLE_TYPES)
+        )
+        return {
+            "layers": layers,
+            "total": pruned / total if total else 0.0,
+            "model": pruned / all_weights if all_weights else 0.0,
+        }
+
+    # ------------------------------------------------------------------ report
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per touched layer: name, type, granularity, groups, n, k, density, bits,
+        weights, kept."""
+        items: list[tuple[str, nn.Module, GroupLayout | None, QuantSpec | None]] = []
+        if self._finalized is None:
+            for name, layer in self.layers.items():
+                items.append((name, layer, layer.dpp_layout, layer.dpp_quant))  # type: ignore[arg-type]
+        else:
+            for name, rec in self._finalized.items():
+                items.append((name, self.model.get_submodule(name), rec.layout, rec.quant))
+        rows = []
+        for name, module, lay, quant in items:
+            weights = module.weight.numel()  # type: ignore[union-attr]
+            kept = weights if lay is None else weights * lay.k // lay.n
+            rows.append(
+                {
+                    "layer": name,
+                    "type": type(module).__name__.removeprefix("DPP"),
+                    "granularity": "-" if lay is None else lay.granularity
+                    + (f"({lay.block_size})" if lay.block_size else ""),
+                    "groups": "-" if lay is None else lay.num_groups,
+                    "n": "-" if lay is None else lay.n,
+                    "k": "-" if lay is None else lay.k,
+                    "density": 1.0 if lay is None else lay.k / lay.n,
+                    "bits": 32 if quant is None else quant.bits,
+                    "weights": weights,
+                    "kept": kept,
+                }
+            )
+        return rows
+
+    def summary(self) -> str:
+        """A table: layer, type, granularity, groups, n, k, density, bits, weights kept."""
+        rows = self.rows()
+        header = ["layer", "type", "granularity", "groups", "n", "k", "density", "bits", "kept"]
+        table = [
+            [
+                r["layer"],
+                r["type"],
+                r["granularity"],
+                str(r["groups"]),
+                str(r["n"]),
+                str(r["k"]),
+                f"{r['density']:.4f}",
+                str(r["bits"]),
+                f"{r['kept']:,}/{r['weights']:,}",
+            ]
+            for r in rows
+        ]
+        weights = sum(r["weights"] for r in rows)
+        kept = sum(r["kept"] for r in rows)
+        density = kept / weights if weights else 1.0
+        table.append(["total", "", "", "", "", "", f"{density:.4f}", "", f"{kept:,}/{weights:,}"])
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=True)]
+        numeric = {3, 4, 5, 6, 7, 8}
+
+        def fmt(cells: list[str]) -> str:
+            return "  ".join(
+                c.rjust(w) if i in numeric else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+
+        lines = [fmt(header), fmt(["-" * w for w in widths])]
+        lines += [fmt(r) for r in table[:-1]]
+        lines += [fmt(["-" * w for w in widths]), fmt(table[-1])]
+        state = "finalized" if self._finalized is not None else f"step {self._step}"
+        title = (
+            f"DPP pruner ({state}; tau={self.temperature:.4g}, "
+            f"noise_scale={self.noise_scale:.4g})"
+        )
+        return "\n".join([title, *lines])
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    # ------------------------------------------------------------------ finalize
+    @property
+    def finalized_layers(self) -> dict[str, FinalizedLayer]:
+        """What :meth:`finalize` baked into each layer (empty before finalize)."""
+        return dict(self._finalized or {})
+
+    def finalize(self) -> dict[str, FinalizedLayer]:
+        """Bake the deterministic masks (and quantization) into the weights, in place.
+
+        Every masked layer is replaced by a plain ``nn.Linear``/``nn.ConvNd`` holding the same
+        parameter objects, with pruned weights (and, at filter level, their bias entries) set
+        to zero and quantized weights set to exactly ``scale * code``. The model then computes
+        what it computed in eval mode, and its state dict loads into the original dense
+        architecture with ``strict=True``. The pruner cannot be used afterwards.
+
+        Returns:
+            ``{layer name: FinalizedLayer}`` with masks, codes and scales.
+        """
+        self._check_live("finalize")
+        names = _module_names(self.model)
+        records: dict[str, FinalizedLayer] = {}
+        for name, layer in self.layers.items():
+            plain, rec = unwrap(layer)
+            for alias in names.get(id(layer), [name]):
+                _set_module(self.model, alias, plain)
+            records[name] = FinalizedLayer(
+                layout=layer.dpp_layout,
+                quant=layer.dpp_quant,
+                mask=rec["mask"],
+                codes=rec["codes"],
+                scale=rec["scale"],
+                activation_scale=rec.get("activation_scale"),
+            )
+        self._finalized = records
+        self.layers = {}
+        return records
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"dpp.prune expects a torch.nn.Module, got {type(model).__name__}")
+    already = [n for n, m in model.named_modules() if is_dpp_layer(m)]
+    if already:
+        raise ValueError(
+            f"the model is already pruned (DPP layers: {', '.join(already[:5])}"
+            f"{', ...' if len(already) > 5 else ''}); finalize() the existing pruner first, "
+            "or call dpp.prune on the original model"
+        )
+
+
+def prune(model: nn.Module, config: DPPConfig | dict[str, Any] | None = None, **options: Any) -> Pruner:
+    """Add Dynamic Probabilistic Pruning to ``model`` in place and return its :class:`Pruner`.
+
+    Every selected ``nn.Linear`` and ``nn.Conv1d/2d/3d`` is replaced by a masked twin that
+    keeps the same ``weight``/``bias`` parameters (same state-dict keys) and adds trainable
+    logits ``<layer>.dpp.logits`` of shape ``[groups, n]``. In training mode every forward
+    call draws one k-hot mask per group (shared by the whole batch); in eval mode the mask
+    is the deterministic top-k of the logits. Create the optimizer after calling this, so it
+    sees the logits (see :meth:`Pruner.param_groups`).
+
+    Args:
+        model: the model to prune (modified in place).
+        config: a :class:`DPPConfig` or its dict; ``None`` builds one from ``options``.
+        **options: :class:`DPPConfig` fields, overriding those of ``config``.
+
+    Returns:
+        The :class:`Pruner`.
+
+    Raises:
+        ValueError/TypeError: naming the layer and what would be valid, for a bad k, density,
+            block size or granularity, a pattern that matches no layer, or nothing to prune.
+
+    Example:
+        >>> import torch, dpp
+        >>> model = torch.nn.Sequential(
+        ...     torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        >>> pruner = dpp.prune(model, granularity="weight", density=0.1,
+        ...                    overrides={"2": {"density": 0.5}})
+        >>> [row["k"] for row in pruner.rows()]
+        [6, 16]
+        >>> out = model(torch.randn(8, 64))  # training mode: a fresh mask per call
+        >>> _ = model.eval(); pruner.finalize()["0"].mask.sum(1).unique().tolist()
+        [6]
+    """
+    _check_model(model)
+    if config is None:
+        cfg = DPPConfig(**options)
+    else:
+        cfg = DPPConfig.from_dict(config) if isinstance(config, dict) else config
+        if not isinstance(cfg, DPPConfig):
+            raise TypeError(f"config must be a DPPConfig or a dict, got {type(config).__name__}")
+        if options:
+            cfg = cfg.replace(**options)
+
+    skipped = _mha_projections(model)
+    candidates: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if type(module) in PRUNABLE_TYPES and id(module) not in seen and id(module) not in skipped:
+            seen.add(id(module))
+            candidates.append((name, module))
+    if not candidates:
+        raise ValueError(
+            f"{type(model).__name__} has no layer DPP can prune: it prunes "
+            f"{', '.join(t.__name__ for t in PRUNABLE_TYPES)} modules (exact types, not subclasses)"
+        )
+    names = [n for n, _ in candidates]
+    unmatched = cfg.unmatched_patterns(names)
+    if unmatched:
+        listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        raise ValueError(
+            f"pattern(s) matching no prunable layer: {unmatched}. Patterns are globs on module "
+            f"names as model.named_modules() prints them; the prunable layers are: {listed}"
+        )
+    selected = [(n, m) for n, m in candidates if cfg.selects(n)]
+    excluded = {n for n in names if not cfg.selects(n)}
+    for pattern in cfg.overrides:
+        hits = [n for n in names if n not in excluded and matches_pattern(n, pattern)]
+        if not hits:
+            raise ValueError(
+                f"override {pattern!r} matches only excluded layers "
+                f"({', '.join(n for n in names if matches_pattern(n, pattern))}); "
+                "remove it or stop excluding those layers"
+            )
+
+    plans: list[tuple[str, nn.Module, LayerSettings]] = []
+    for name, module in selected:
+        settings = cfg.settings_for(name)
+        if settings.touched:
+            plans.append((name, module, settings))
+    if not plans:
+        raise ValueError(
+            "nothing to prune: give a density or k (for all layers or through overrides), "
+            "or weight_bits to quantize only"
+        )
+
+    # Validate everything before changing the model, so a bad setting leaves it untouched.
+    layouts: dict[str, GroupLayout | None] = {}
+    for name, module, s in plans:
+        layouts[name] = (
+            GroupLayout.for_weight(
+                module.weight.shape,
+                s.granularity,
+                k=s.k,
+                density=s.density,
+                block_size=s.block_size,
+                is_conv=not isinstance(module, nn.Linear),
+                name=name,
+            )
+            if s.prune
+            else None
+        )
+
+    module_names = _module_names(model)
+    layers: dict[str, DPPLayer] = {}
+    for name, module, s in plans:
+        layout = layouts[name]
+        source = None
+        if layout is not None:
+            source = DPPMask(layout, init_std=cfg.logit_init_std, device=module.weight.device)
+        new = wrap(
+            module, layout=layout, source=source, quant=s.quant, activation_bits=s.activation_bits
+        )
+        for alias in module_names.get(id(module), [name]):
+            _set_module(model, alias, new)
+        layers[name] = new
+    return Pruner(model, cfg, layers)
