@@ -25,6 +25,44 @@ OVERRIDE_KEYS = (
 )
 
 
+def _check_layer_values(where: str, values: dict[str, Any]) -> None:
+    """Validate the per-layer keys shared by the config and its overrides."""
+    gran = values.get("granularity")
+    if gran is not None and gran not in GRANULARITIES:
+        raise ValueError(
+            f"{where}: unknown granularity {gran!r}; "
+            f"valid: {', '.join(repr(g) for g in GRANULARITIES)}"
+        )
+    density = values.get("density")
+    if density is not None and (
+        isinstance(density, bool)
+        or not isinstance(density, (int, float))
+        or not 0 < density <= 1
+    ):
+        raise ValueError(f"{where}: density must be in (0, 1], got {density!r}")
+    for key in ("k", "block_size"):
+        value = values.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{where}: {key} must be an int, got {type(value).__name__} {value!r}")
+        if value < 1:
+            raise ValueError(f"{where}: {key} must be >= 1, got {value}")
+    scale = values.get("quant_scale", "channel")
+    if scale not in QUANT_SCALES:
+        raise ValueError(f"{where}: quant_scale must be one of {QUANT_SCALES}, got {scale!r}")
+    bits = values.get("weight_bits")
+    if bits not in (None, 32):
+        try:
+            QuantSpec(bits, scale)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    if values.get("activation_bits") not in (None, 8):
+        raise ValueError(
+            f"{where}: activation_bits must be None or 8, got {values.get('activation_bits')!r}"
+        )
+
+
 @dataclass(frozen=True)
 class LayerSettings:
     """The settings one layer ends up with after the overrides are applied."""
@@ -119,23 +157,29 @@ class DPPConfig:
         self._validate()
 
     def _validate(self) -> None:
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(
-                f"unknown granularity {self.granularity!r}; "
-                f"valid: {', '.join(repr(g) for g in GRANULARITIES)}"
-            )
         if self.density is not None and self.k is not None:
-            raise ValueError(f"give density or k, not both (got density={self.density}, k={self.k})")
-        if self.density is not None and not 0 < self.density <= 1:
-            raise ValueError(f"density must be in (0, 1], got {self.density}")
-        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
-            raise ValueError(f"k must be an int >= 1, got {self.k!r}")
-        if self.quant_scale not in QUANT_SCALES:
-            raise ValueError(f"quant_scale must be one of {QUANT_SCALES}, got {self.quant_scale!r}")
-        if self.weight_bits not in (None, 32):
-            QuantSpec(self.weight_bits, self.quant_scale)
-        if self.activation_bits not in (None, 8):
-            raise ValueError(f"activation_bits must be None or 8, got {self.activation_bits!r}")
+            raise ValueError(
+                f"give density or k, not both (got density={self.density}, k={self.k})"
+            )
+        _check_layer_values(
+            "config",
+            {
+                "granularity": self.granularity,
+                "density": self.density,
+                "k": self.k,
+                "block_size": self.block_size,
+                "weight_bits": self.weight_bits,
+                "quant_scale": self.quant_scale,
+                "activation_bits": self.activation_bits,
+            },
+        )
+        for name, sched, ok, bound in (
+            ("temperature", self.temperature, lambda v: v > 0, "> 0"),
+            ("noise_scale", self.noise_scale, lambda v: v >= 0, ">= 0"),
+        ):
+            for value in (sched.start, sched.end if sched.end is not None else sched.start):
+                if not ok(value):
+                    raise ValueError(f"{name} must stay {bound}; the schedule reaches {value}")
         if self.logit_init_std < 0:
             raise ValueError(f"logit_init_std must be >= 0, got {self.logit_init_std}")
         if self.entropy_weight < 0:
@@ -147,6 +191,12 @@ class DPPConfig:
                     f"override {pattern!r} has unknown key(s) {sorted(unknown)}; "
                     f"valid keys: {', '.join(OVERRIDE_KEYS)}"
                 )
+            if values.get("density") is not None and values.get("k") is not None:
+                raise ValueError(f"override {pattern!r}: give density or k, not both")
+            if "prune" in values and not isinstance(values["prune"], bool):
+                raise TypeError(f"override {pattern!r}: prune must be true or false")
+            merged = {"quant_scale": self.quant_scale, **values}
+            _check_layer_values(f"override {pattern!r}", merged)
 
     # ---------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:

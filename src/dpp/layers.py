@@ -185,6 +185,7 @@ def wrap(
     new.dpp = source
     if source is not None:
         source.to(module.weight.device)
+        source.train(module.training)
     new.dpp_act = None
     if activation_bits is not None:
         new.dpp_act = ActivationQuantizer(activation_bits).to(module.weight.device)

@@ -89,7 +89,7 @@ class DPPMask(MaskSource):
         self.tau = 1.0
         self.noise_scale = 1.0
         self.generator: torch.Generator | None = None
-        self._eval_cache: tuple[tuple, Tensor] | None = None
+        self._eval_cache: tuple[Tensor, Tensor] | None = None
 
     def sample(self, weight: Tensor) -> Tensor:
         return gumbel_topk(
@@ -101,10 +101,16 @@ class DPPMask(MaskSource):
         )
 
     def deterministic(self, weight: Tensor) -> Tensor:
-        key = (self.logits._version, self.logits.data_ptr(), self.logits.device)
-        if self._eval_cache is None or self._eval_cache[0] != key:
-            with torch.no_grad():
-                self._eval_cache = (key, topk_mask(self.logits, self.k))
+        # Keyed on the logits' values: writes through ``.data`` bump no version counter.
+        logits = self.logits.detach()
+        cache = self._eval_cache
+        if (
+            cache is None
+            or cache[0].device != logits.device
+            or cache[0].dtype != logits.dtype
+            or not torch.equal(cache[0], logits)
+        ):
+            self._eval_cache = (logits.clone(), topk_mask(logits, self.k))
         return self._eval_cache[1]
 
     def __getstate__(self):

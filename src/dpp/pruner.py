@@ -58,6 +58,23 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _fast_path_members(model: nn.Module) -> set[int]:
+    """Modules inside an ``nn.TransformerEncoderLayer``: its inference fast path reads
+    ``linear1.weight``/``linear2.weight`` directly, bypassing a mask, unless one of its
+    submodules has a hook."""
+    return {
+        id(m)
+        for layer in model.modules()
+        if isinstance(layer, nn.TransformerEncoderLayer)
+        for m in layer.modules()
+    }
+
+
+def _keep_slow_path(module: nn.Module, args: tuple) -> None:
+    """No-op forward pre-hook; its presence turns off the transformer fast path."""
+    return None
+
+
 def _mha_projections(model: nn.Module) -> set[int]:
     """``nn.MultiheadAttention.out_proj`` layers: their forward is never called, so a mask
     on them would be silently ignored."""
@@ -148,6 +165,7 @@ class Pruner:
     # ------------------------------------------------------------------ training helpers
     def logits(self) -> list[nn.Parameter]:
         """The trainable mask logits of every learned layer."""
+        self._check_live("logits")
         return [source.logits for _, source in self._sources()]
 
     def param_groups(
@@ -204,6 +222,31 @@ class Pruner:
             return torch.zeros((), device=device)
         return self.config.entropy_weight * self.entropy()
 
+    def rescale_for_sparsity(self) -> dict[str, float]:
+        """Scale every pruned layer's weights by ``sqrt(n / k)``, for training from scratch.
+
+        A layer that keeps k of its n inputs per output sees only k inputs: with the usual
+        fan-in initialisation its output variance shrinks by ``k / n``, and deep networks
+        pruned at 95% start with vanishing signals. Call this once, right after
+        :func:`prune` on a freshly initialised model (not on pretrained weights), for
+        ``weight``, ``block`` and ``kernel`` granularity; ``filter`` layers keep their full
+        fan-in and are left as they are.
+
+        Returns:
+            ``{layer name: factor applied}``.
+        """
+        self._check_live("rescale_for_sparsity")
+        factors = {}
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                lay = layer.dpp_layout
+                if lay is None or lay.granularity == "filter":
+                    continue
+                factor = (lay.n / lay.k) ** 0.5
+                layer.weight.mul_(factor)
+                factors[name] = factor
+        return factors
+
     # ------------------------------------------------------------------ masks
     def masks(self) -> dict[str, Tensor]:
         """Deterministic masks (bool, shaped like each weight) of every pruned layer."""
@@ -223,6 +266,7 @@ class Pruner:
             pruned layers' weights, "model": fraction over every weight of every Linear and
             Conv layer in the model, pruned or not}``.
         """
+        self._check_live("sparsity")
         masks = self.masks()
         layers = {name: 1.0 - float(m.float().mean()) for name, m in masks.items()}
         pruned = sum(m.numel() - int(m.sum()) for m in masks.values())
@@ -255,8 +299,9 @@ class Pruner:
                 {
                     "layer": name,
                     "type": type(module).__name__.removeprefix("DPP"),
-                    "granularity": "-" if lay is None else lay.granularity
-                    + (f"({lay.block_size})" if lay.block_size else ""),
+                    "granularity": "-"
+                    if lay is None
+                    else lay.granularity + (f"({lay.block_size})" if lay.block_size else ""),
                     "groups": "-" if lay is None else lay.num_groups,
                     "n": "-" if lay is None else lay.n,
                     "k": "-" if lay is None else lay.k,
@@ -304,8 +349,7 @@ class Pruner:
         lines += [fmt(["-" * w for w in widths]), fmt(table[-1])]
         state = "finalized" if self._finalized is not None else f"step {self._step}"
         title = (
-            f"DPP pruner ({state}; tau={self.temperature:.4g}, "
-            f"noise_scale={self.noise_scale:.4g})"
+            f"DPP pruner ({state}; tau={self.temperature:.4g}, noise_scale={self.noise_scale:.4g})"
         )
         return "\n".join([title, *lines])
 
@@ -362,7 +406,28 @@ def _check_model(model: nn.Module) -> None:
         )
 
 
-def prune(model: nn.Module, config: DPPConfig | dict[str, Any] | None = None, **options: Any) -> Pruner:
+def _check_untied(model: nn.Module, plans: list[tuple[str, nn.Module, LayerSettings]]) -> None:
+    """A weight tied to another module (e.g. an LM head and its embedding) cannot be masked:
+    finalize() would write the mask into the other module's weight too."""
+    owners: dict[int, set[str]] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for p_name, p in module.named_parameters(recurse=False):
+            if p_name in ("weight", "bias"):
+                owners.setdefault(id(p), set()).add(mod_name)
+    aliases = _module_names(model)
+    for name, module, _ in plans:
+        others = owners.get(id(module.weight), set()) - set(aliases.get(id(module), [name]))
+        if others:
+            raise ValueError(
+                f"layer {name!r} shares its weight with {', '.join(sorted(others))} (tied "
+                f"weights); DPP cannot mask or quantize a tied weight without changing the "
+                f"other module: exclude it (exclude=[{name!r}]) or untie the weights"
+            )
+
+
+def prune(
+    model: nn.Module, config: DPPConfig | dict[str, Any] | None = None, **options: Any
+) -> Pruner:
     """Add Dynamic Probabilistic Pruning to ``model`` in place and return its :class:`Pruner`.
 
     Every selected ``nn.Linear`` and ``nn.Conv1d/2d/3d`` is replaced by a masked twin that
@@ -449,6 +514,7 @@ def prune(model: nn.Module, config: DPPConfig | dict[str, Any] | None = None, **
         )
 
     # Validate everything before changing the model, so a bad setting leaves it untouched.
+    _check_untied(model, plans)
     layouts: dict[str, GroupLayout | None] = {}
     for name, module, s in plans:
         layouts[name] = (
@@ -466,6 +532,7 @@ def prune(model: nn.Module, config: DPPConfig | dict[str, Any] | None = None, **
         )
 
     module_names = _module_names(model)
+    in_fast_path = _fast_path_members(model)
     layers: dict[str, DPPLayer] = {}
     for name, module, s in plans:
         layout = layouts[name]
@@ -475,6 +542,8 @@ def prune(model: nn.Module, config: DPPConfig | dict[str, Any] | None = None, **
         new = wrap(
             module, layout=layout, source=source, quant=s.quant, activation_bits=s.activation_bits
         )
+        if id(module) in in_fast_path:
+            new.register_forward_pre_hook(_keep_slow_path)
         for alias in module_names.get(id(module), [name]):
             _set_module(model, alias, new)
         layers[name] = new

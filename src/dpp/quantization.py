@@ -43,14 +43,18 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         if self.bits != "binary" and (
-            isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in VALID_BITS
+            isinstance(self.bits, bool)
+            or not isinstance(self.bits, int)
+            or self.bits not in VALID_BITS
         ):
             raise ValueError(
                 f"weight bits must be an int from 2 to 8 or 'binary', got {self.bits!r} "
                 "(for 1 bit use 'binary'; for float weights leave bits unset)"
             )
         if self.scale not in QUANT_SCALES:
-            raise ValueError(f"quantization scale must be one of {QUANT_SCALES}, got {self.scale!r}")
+            raise ValueError(
+                f"quantization scale must be one of {QUANT_SCALES}, got {self.scale!r}"
+            )
 
     @property
     def binary(self) -> bool:
@@ -97,7 +101,10 @@ class _FakeQuant(torch.autograd.Function):
             ctx.save_for_backward(w.abs() <= 1)
             return s * torch.sign(w)
         r = w / s
-        ctx.save_for_backward(r.abs() <= levels)
+        # With s = max|w| / L the largest weight lands on |r| = L only up to rounding
+        # (w / (max|w| / L) can be L + 1 ulp); a few ulps of slack keep its gradient.
+        slack = levels * 4 * torch.finfo(r.dtype).eps
+        ctx.save_for_backward(r.abs() <= levels + slack)
         return s * torch.round(r).clamp(-levels, levels)
 
     @staticmethod

@@ -57,7 +57,10 @@ class _Relaxation:
     """Closed-form pieces of the relaxation for scores ``z`` and their top-k indices."""
 
     def __init__(self, z: Tensor, top_idx: Tensor, tau: float) -> None:
-        self.s = z.to(_compute_dtype(z.dtype)) / tau
+        zc = z.to(_compute_dtype(z.dtype))
+        # Shift by the row maximum before dividing: the result is shift-invariant, and
+        # z / tau alone would lose digits at small tau.
+        self.s = (zc - zc.amax(-1, keepdim=True)) / tau
         self.top_idx = top_idx
         k, n = top_idx.shape[-1], z.shape[-1]
         # Scores of the top k, descending (topk returns them sorted).
@@ -110,6 +113,51 @@ class _Relaxation:
         return grad_s / tau
 
 
+# Largest spread s_(1) - s_(k) the fast path takes: beyond it exp() of the top scores
+# would underflow in float32, and the log-space path above is used instead.
+_FAST_MAX_SPREAD = 60.0
+
+
+def _grad_scores_fast(z: Tensor, top_idx: Tensor, tau: float, grad: Tensor) -> Tensor | None:
+    """The same vector-Jacobian product with plain sums, for the usual moderate scores.
+
+    Works with ``w = exp((z - max z) / tau)`` in float32 over all n candidates (three
+    passes) and float64 over the top k; returns ``None`` when the scores are too spread
+    for that to be accurate.
+    """
+    if z.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return None
+    inv_tau = 1.0 / tau
+    zf = z.float()
+    top_z = zf.gather(-1, top_idx)
+    z_max = top_z[..., :1]
+    if bool(((z_max - top_z[..., -1:]) * inv_tau > _FAST_MAX_SPREAD).any()):
+        return None
+    w = torch.sub(zf, z_max).mul_(inv_tau).exp_()  # [.., n], in (0, 1]
+    g = grad.float()
+    gw = g * w
+    top_w = w.gather(-1, top_idx).double()  # [.., k], descending
+    g_top = g.gather(-1, top_idx).double()
+    gw_top = g_top * top_w
+    # Sums over the non-top candidates, exact: zero the top positions first (they are
+    # overwritten below anyway) instead of subtracting two nearly equal totals.
+    w.scatter_(-1, top_idx, 0.0)
+    gw.scatter_(-1, top_idx, 0.0)
+    rest = w.sum(-1, keepdim=True).double()
+    gw_rest = gw.sum(-1, keepdim=True).double()
+    # D_i = sum_{r >= i} w_(r): suffix sums of the top k plus the rest.
+    d = top_w.flip(-1).cumsum(-1).flip(-1) + rest
+    inv_d = d.reciprocal()
+    c = inv_d.cumsum(-1)  # C_m
+    a = gw_top.flip(-1).cumsum(-1).flip(-1) + gw_rest  # A_i = sum_{r >= i} g_(r) w_(r)
+    beta = (a * inv_d * inv_d).cumsum(-1) / c  # beta_m
+    # Non-top candidates: soft_j = w_j C_k, gradient soft_j (g_j - beta_k) / tau.
+    c_k, beta_k = c[..., -1:], beta[..., -1:]
+    out = torch.addcmul(gw, w, (-beta_k).float()).mul_((c_k * inv_tau).float())
+    top_grad = (top_w * c * (g_top - beta) * inv_tau).float()
+    return out.scatter_(-1, top_idx, top_grad)
+
+
 class _TopKStraightThrough(torch.autograd.Function):
     """Forward: k-hot top-k of ``z`` (``hard=True``) or the relaxation itself.
     Backward: the gradient of the relaxation, recomputed from ``z`` and the top-k indices."""
@@ -127,7 +175,9 @@ class _TopKStraightThrough(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         z, top_idx = ctx.saved_tensors
-        grad_z = _Relaxation(z, top_idx, ctx.tau).grad_scores(grad, ctx.tau)
+        grad_z = _grad_scores_fast(z, top_idx, ctx.tau, grad)
+        if grad_z is None:
+            grad_z = _Relaxation(z, top_idx, ctx.tau).grad_scores(grad, ctx.tau)
         return grad_z.to(z.dtype), None, None, None
 
 

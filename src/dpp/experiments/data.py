@@ -671,7 +671,10 @@ def _load_cifar_files(
             raise DatasetFormatError(
                 f"{path}: expected data of shape [N, 3072] (3x32x32), found {list(data.shape)}"
             )
-        lbl_arr = np.asarray(lbl, dtype=np.int64)
+        try:
+            lbl_arr = np.asarray(lbl, dtype=np.int64)
+        except (TypeError, ValueError) as e:
+            raise DatasetFormatError(f"{path}: {label_key} are not integers ({e})") from e
         if lbl_arr.ndim != 1 or lbl_arr.shape[0] != data.shape[0]:
             raise DatasetFormatError(
                 f"{path}: image/label count mismatch: {data.shape[0]} images but "
@@ -722,7 +725,7 @@ def _to_tensor(
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if scale != 1.0:
-        x.mul_(1.0 / scale)
+        x.div_(scale)
     if normalize:
         m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -1163,6 +1166,7 @@ def _fetch(url: str, dest: Path, md5: str, *, progress: bool, timeout: float) ->
                 f"checksum mismatch for {url}: expected md5 {md5}, got {actual}; "
                 "the download was deleted, try again"
             )
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; datasets may be shared
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -209,10 +209,12 @@ class BasicBlock(nn.Module):
     """ResNet basic block: ``conv3x3 -> BN -> ReLU -> conv3x3 -> BN``, plus the shortcut,
     then ReLU.
 
-    The shortcut is the identity when the shape is unchanged, otherwise "option B" of
-    He et al. (2016): ``downsample = Sequential(conv1x1(stride), BatchNorm2d)`` — a plain
-    ``nn.Conv2d`` that pruning tools handle, unlike option A's strided slicing plus zero
-    channel padding. Submodules: ``conv1, bn1, relu1, conv2, bn2, downsample, relu2``.
+    The shortcut is the identity (``downsample is None``) when the shape is unchanged,
+    otherwise "option B" of He et al. (2016): ``downsample = Sequential(conv1x1(stride),
+    BatchNorm2d)`` — a plain ``nn.Conv2d`` that pruning tools handle, unlike the original
+    option A (strided subsampling plus zero channel padding, parameter-free). This adds
+    2,752 parameters to ResNet-20/56. Submodules: ``conv1, bn1, relu1, conv2, bn2,
+    downsample, relu2`` (names as in torchvision).
 
     Shapes:
         ``[B, in_planes, H, W] -> [B, planes, H / stride, W / stride]``.
@@ -227,20 +229,19 @@ class BasicBlock(nn.Module):
         self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample: nn.Module
+        self.downsample: nn.Sequential | None = None
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes),
             )
-        else:
-            self.downsample = nn.Identity()
         self.relu2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        out = out + self.downsample(x)  # out-of-place: x may be needed for autograd
+        identity = x if self.downsample is None else self.downsample(x)
+        out = out + identity  # out-of-place add
         return self.relu2(out)
 
 

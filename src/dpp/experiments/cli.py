@@ -1,0 +1,208 @@
+"""The ``dpp`` command line: train, eval, summary, data, demo (``dpp --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .runconfig import load_run_config
+    from .trainer import run_summary_table, train
+
+    if args.resume:
+        if args.config or args.set:
+            raise SystemExit("dpp train: --resume continues the saved config; drop --config/--set")
+        result = train(
+            resume=args.resume, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs
+        )
+    else:
+        cfg = load_run_config(args.config, args.set)
+        result = train(
+            cfg, run_dir=args.run_dir, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs
+        )
+    if result.summary and result.run_dir is not None:
+        print()
+        print(run_summary_table(result.summary))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .trainer import evaluate, load_run
+
+    run = load_run(args.run, device=args.device)
+    assert run.splits is not None
+    results: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        ds = getattr(run.splits, split)
+        if ds is None or (split == "train" and not args.train):
+            continue
+        loss, acc = evaluate(
+            run.model, ds, batch_size=run.cfg.data.eval_batch_size, device=args.device
+        )
+        results[split] = {"loss": loss, "acc": acc, "n": len(ds)}
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for split, r in results.items():
+            print(
+                f"{split:<6} accuracy {100 * r['acc']:.2f}%  loss {r['loss']:.4f}  ({r['n']:,} images)"
+            )
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .trainer import load_run
+
+    run = load_run(args.run, load_data=False)
+    pruner = run.pruner
+    print(
+        f"run {run.path.parent}: {run.cfg.method} {run.cfg.model.name} on {run.cfg.data.dataset}, "
+        f"epoch {run.checkpoint['epoch']}/{run.cfg.train.epochs}"
+    )
+    history = run.checkpoint.get("history") or []
+    if history:
+        print(
+            f"test accuracy {100 * history[-1]['test_acc']:.2f}% after epoch {history[-1]['epoch']}"
+        )
+    if pruner is None:
+        print("dense model (no pruning)")
+        return 0
+    print(pruner.summary())
+    try:
+        from dpp.storage import storage_report
+    except ImportError:  # pragma: no cover
+        return 0
+    report = storage_report(run.model)
+    print()
+    print(report.format_table())
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .data import download, list_datasets
+
+    if args.action == "list":
+        for row in list_datasets(args.data_dir):
+            where = row["path"] if row["found"] else "not found"
+            print(f"{row['name']:<14} {where}")
+        return 0
+    if not args.name:
+        raise SystemExit(
+            "dpp data download: name a dataset (mnist, fashion-mnist, cifar10, cifar100)"
+        )
+    path = download(args.name, args.root)
+    print(f"{args.name} ready in {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(
+        data_dir=args.data_dir,
+        output_dir=args.output_dir,
+        epochs=args.epochs,
+        quiet=args.quiet,
+        dataset=args.dataset,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpp",
+        description="Dynamic Probabilistic Pruning: train, evaluate and inspect k-of-n pruned models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one run from a config file")
+    p.add_argument("--config", "-c", help="run config (.toml, .yaml or .json); see configs/")
+    p.add_argument(
+        "--set",
+        "-s",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=0.01 --set pruning.density=0.05",
+    )
+    p.add_argument(
+        "--resume", metavar="RUN_OR_CKPT", help="continue an interrupted run bit-exactly"
+    )
+    p.add_argument("--run-dir", help="write the run here (default: <output_dir>/<name>-<time>)")
+    p.add_argument("--stop-after-epochs", type=int, help="stop after N epochs (resume later)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or epoch lines")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's model with deterministic masks")
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.add_argument("--train", action="store_true", help="also evaluate on the training split")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("summary", help="per-layer table and storage of a run")
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("data", help="list or download datasets")
+    p.add_argument("action", choices=["list", "download"])
+    p.add_argument("name", nargs="?", help="dataset to download")
+    p.add_argument(
+        "--root", help="download into ROOT/<name> (default: $DPP_DATA or the user cache)"
+    )
+    p.add_argument("--data-dir", help="extra directory to look in (list)")
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("demo", help="the main job: LeNet-300-100 at 95%% sparsity, with a report")
+    p.add_argument("--data-dir", help="directory with Fashion-MNIST IDX files")
+    p.add_argument("--dataset", choices=["fashion-mnist", "digits"], help="force a dataset")
+    p.add_argument("--output-dir", default="runs", help="where run directories go")
+    p.add_argument("--epochs", type=int, help="override the demo's epoch budget")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions() -> list[Any]:
+    """Subcommands contributed by other experiment modules (report, export, compare)."""
+    found = []
+    for module in ("report", "export_cli", "compare"):
+        try:
+            mod = __import__(f"dpp.experiments.{module}", fromlist=["register_cli"])
+        except ModuleNotFoundError as err:
+            if err.name == f"dpp.experiments.{module}":
+                continue
+            raise
+        if hasattr(mod, "register_cli"):
+            found.append(mod.register_cli)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .runconfig import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"dpp {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"dpp {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; resume with: dpp train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Training methods the trainer can run: dense, DPP, and (through ``baselines``) the others.
+
+A method owns whatever the pruning needs during training; the trainer only calls these
+hooks, so the training loop stays the same for every method:
+
+- ``param_groups(lr=..., weight_decay=..., logit_lr=...)``: the optimizer's groups, each
+  with a ``name`` (used to log learning rates);
+- ``regularizer()``: a term added to the loss (DPP's entropy penalty);
+- ``after_step()``: called after every optimizer step (DPP advances its schedules);
+- ``start_epoch(epoch)`` / ``end_epoch(epoch)``;
+- ``state_dict()`` / ``load_state_dict()``: saved in checkpoints for exact resume;
+- ``pruner``: the :class:`dpp.Pruner` when the method uses one (masks, summary, finalize).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+import dpp
+
+from .runconfig import RunConfig
+
+__all__ = ["DPPMethod", "DenseMethod", "TrainingMethod", "create_method"]
+
+
+class TrainingMethod:
+    """Base class: a dense model trained as is."""
+
+    name = "dense"
+    pruner: dpp.Pruner | None = None
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.steps_per_epoch = steps_per_epoch
+
+    def param_groups(
+        self, *, logit_lr: float | None = None, **options: Any
+    ) -> list[dict[str, Any]]:
+        return [
+            {
+                "params": [p for p in self.model.parameters() if p.requires_grad],
+                "name": "weights",
+                **options,
+            }
+        ]
+
+    def regularizer(self) -> Tensor | None:
+        return None
+
+    def after_step(self) -> None:
+        pass
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def end_epoch(self, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        """Values logged in every epoch record (temperature, noise scale, ...)."""
+        return {}
+
+
+class DenseMethod(TrainingMethod):
+    """No pruning: the reference every pruned result is compared with."""
+
+
+class DPPMethod(TrainingMethod):
+    """Dynamic Probabilistic Pruning with the run's ``pruning`` section."""
+
+    name = "dpp"
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int) -> None:
+        super().__init__(model, cfg, steps_per_epoch)
+        self.pruner = dpp.prune(model, cfg.dpp_config(steps_per_epoch))
+
+    def param_groups(
+        self, *, logit_lr: float | None = None, **options: Any
+    ) -> list[dict[str, Any]]:
+        assert self.pruner is not None
+        weights, logits = self.pruner.param_groups(logit_lr=logit_lr, **options)
+        return [{**weights, "name": "weights"}, {**logits, "name": "logits"}]
+
+    def regularizer(self) -> Tensor | None:
+        assert self.pruner is not None
+        if self.pruner.config.entropy_weight == 0:
+            return None
+        return self.pruner.entropy_loss()
+
+    def after_step(self) -> None:
+        assert self.pruner is not None
+        self.pruner.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.pruner is not None
+        return {"pruner": self.pruner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        assert self.pruner is not None
+        self.pruner.load_state_dict(state["pruner"])
+
+    def describe(self) -> dict[str, Any]:
+        assert self.pruner is not None
+        return {"temperature": self.pruner.temperature, "noise_scale": self.pruner.noise_scale}
+
+
+def create_method(cfg: RunConfig, model: nn.Module, steps_per_epoch: int) -> TrainingMethod:
+    """The method named by ``cfg.method``, set up on ``model`` (which it may modify)."""
+    if cfg.method == "dense":
+        return DenseMethod(model, cfg, steps_per_epoch)
+    if cfg.method == "dpp":
+        return DPPMethod(model, cfg, steps_per_epoch)
+    from .baselines import create_baseline
+
+    return create_baseline(cfg, model, steps_per_epoch)
