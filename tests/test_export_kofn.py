@@ -123,11 +123,16 @@ def test_invalid_construction_is_refused():
 
 
 def test_state_dict_round_trip():
-    """A KOfNLinear's state dict (values, indices, bias) rebuilds the same layer."""
+    """Loading a state dict (values, indices, bias) updates every formulation's result."""
     _model, pruner = _masked_linear("weight")
     fast = convert_kofn(pruner)[0]
     clone = KOfNLinear(64, 24, torch.zeros_like(fast.values), torch.zeros_like(fast.indices),
                        torch.zeros(24))  # fmt: skip
-    clone.load_state_dict(fast.state_dict())
     x = torch.randn(3, 64)
-    torch.testing.assert_close(clone(x), fast(x))
+    for method in FORMULATIONS:  # build the cached helpers before loading
+        clone.method = method
+        clone(x)
+    clone.load_state_dict(fast.state_dict())
+    for method in FORMULATIONS:
+        clone.method = fast.method = method
+        torch.testing.assert_close(clone(x), fast(x))

@@ -13,6 +13,7 @@ from .schedules import Schedule
 
 __all__ = ["OVERRIDE_KEYS", "DPPConfig", "LayerSettings", "matches_pattern"]
 
+LOGIT_INITS = ("normal", "magnitude")
 OVERRIDE_KEYS = (
     "granularity",
     "density",
@@ -115,7 +116,10 @@ class DPPConfig:
         temperature: the relaxation temperature ``tau``: a number (constant) or a
             :class:`~dpp.Schedule` (or its dict), advanced by ``Pruner.step()``.
         noise_scale: the Gumbel noise multiplier ``beta``: a number or a schedule.
-        logit_init_std: standard deviation of the logits' normal initialisation.
+        logit_init_std: standard deviation of the logits' initialisation.
+        logit_init: ``"normal"`` (``N(0, logit_init_std^2)``) or ``"magnitude"`` (the
+            weights' magnitudes z-scored per group times ``logit_init_std``: the first masks
+            are those of magnitude pruning; for a start from a trained dense model).
         entropy_weight: ``lambda`` of ``Pruner.entropy_loss()``.
         weight_bits: ``None`` (float), 2..8 or ``"binary"``: joint weight quantization.
         quant_scale: ``"channel"`` or ``"tensor"`` quantization scale.
@@ -138,6 +142,7 @@ class DPPConfig:
     temperature: Schedule = field(default_factory=lambda: Schedule("constant", 1.0))
     noise_scale: Schedule = field(default_factory=lambda: Schedule("constant", 1.0))
     logit_init_std: float = 0.5
+    logit_init: str = "normal"
     entropy_weight: float = 0.0
     weight_bits: int | str | None = None
     quant_scale: str = "channel"
@@ -180,6 +185,10 @@ class DPPConfig:
             for value in (sched.start, sched.end if sched.end is not None else sched.start):
                 if not ok(value):
                     raise ValueError(f"{name} must stay {bound}; the schedule reaches {value}")
+        if self.logit_init not in LOGIT_INITS:
+            raise ValueError(
+                f"logit_init must be one of {', '.join(LOGIT_INITS)}, got {self.logit_init!r}"
+            )
         if self.logit_init_std < 0:
             raise ValueError(f"logit_init_std must be >= 0, got {self.logit_init_std}")
         if self.entropy_weight < 0:

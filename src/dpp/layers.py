@@ -73,7 +73,8 @@ class DPPLayer:
         if group_mask is not None:
             assert self.dpp_layout is not None
             kept = self.dpp_layout.expand(group_mask).to(w.dtype)
-            w = w * kept
+            assert self.dpp is not None
+            w = self.dpp.masked_weight(w, kept)
             if b is not None and self.dpp_layout.prunes_bias:
                 b = b * self.dpp_layout.bias_mask(group_mask).to(b.dtype)
         if self.dpp_quant is not None:

@@ -51,6 +51,14 @@ class MaskSource(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         return self.sample(weight) if self.training else self.deterministic(weight)
 
+    def masked_weight(self, weight: Tensor, kept: Tensor) -> Tensor:
+        """How the mask (expanded onto the weight) is applied: ``weight * kept``.
+
+        Scoring rules with their own gradient through the product (e.g. a dense
+        straight-through estimator) override this.
+        """
+        return weight * kept
+
     def extra_repr(self) -> str:
         lay = self.layout
         return f"{lay.granularity}, groups={lay.num_groups}, k={lay.k}/{lay.n}"

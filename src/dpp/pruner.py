@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .config import DPPConfig, LayerSettings, matches_pattern
 from .granularity import GroupLayout
 from .layers import PRUNABLE_TYPES, DPPLayer, is_dpp_layer, unwrap, wrap
-from .masks import DPPMask
+from .masks import DPPMask, MaskSource
 from .quantization import QuantSpec
 
 __all__ = ["FinalizedError", "FinalizedLayer", "Pruner", "prune"]
@@ -154,6 +154,9 @@ class Pruner:
         """Restore the schedule position saved by :meth:`state_dict`."""
         self._check_live("load_state_dict")
         saved = state.get("config")
+        if saved is not None:
+            # Fill keys added since the state was saved with their defaults before comparing.
+            saved = DPPConfig.from_dict(saved).to_dict()
         if saved is not None and saved != self.config.to_dict():
             raise ValueError(
                 "the saved pruner state comes from a different DPP config; build the pruner "
@@ -394,6 +397,20 @@ class Pruner:
         return records
 
 
+def _initial_logits(cfg: DPPConfig, layout: GroupLayout, module: nn.Module) -> Tensor | None:
+    """``logit_init="magnitude"``: logits ranked like the weights' magnitudes (a DPP start
+    equal to one-shot magnitude pruning), z-scored per group and scaled by
+    ``logit_init_std``; ``"normal"``: ``None`` (the mask source draws N(0, std^2))."""
+    if cfg.logit_init == "normal":
+        return None
+    scores = layout.candidate_scores(module.weight).float()
+    if layout.n == 1:
+        return torch.zeros_like(scores)
+    mean = scores.mean(-1, keepdim=True)
+    std = scores.std(-1, keepdim=True).clamp(min=1e-12)
+    return (scores - mean) / std * cfg.logit_init_std
+
+
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"dpp.prune expects a torch.nn.Module, got {type(model).__name__}")
@@ -425,8 +442,15 @@ def _check_untied(model: nn.Module, plans: list[tuple[str, nn.Module, LayerSetti
             )
 
 
+MaskSourceFactory = Callable[[str, nn.Module, GroupLayout], MaskSource]
+
+
 def prune(
-    model: nn.Module, config: DPPConfig | dict[str, Any] | None = None, **options: Any
+    model: nn.Module,
+    config: DPPConfig | dict[str, Any] | None = None,
+    *,
+    mask_source: MaskSourceFactory | None = None,
+    **options: Any,
 ) -> Pruner:
     """Add Dynamic Probabilistic Pruning to ``model`` in place and return its :class:`Pruner`.
 
@@ -440,6 +464,9 @@ def prune(
     Args:
         model: the model to prune (modified in place).
         config: a :class:`DPPConfig` or its dict; ``None`` builds one from ``options``.
+        mask_source: optional ``(layer name, module, layout) -> MaskSource`` deciding the
+            masks instead of DPP's learned logits (a fixed, magnitude or other scoring
+            rule); the mechanics (layouts, quantization, finalize, export) stay the same.
         **options: :class:`DPPConfig` fields, overriding those of ``config``.
 
     Returns:
@@ -537,8 +564,15 @@ def prune(
     for name, module, s in plans:
         layout = layouts[name]
         source = None
-        if layout is not None:
-            source = DPPMask(layout, init_std=cfg.logit_init_std, device=module.weight.device)
+        if layout is not None and mask_source is not None:
+            source = mask_source(name, module, layout)
+        elif layout is not None:
+            source = DPPMask(
+                layout,
+                init_std=cfg.logit_init_std,
+                init_logits=_initial_logits(cfg, layout, module),
+                device=module.weight.device,
+            )
         new = wrap(
             module, layout=layout, source=source, quant=s.quant, activation_bits=s.activation_bits
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dpp {args.command}: config error: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as err:
+        if os.environ.get("DPP_DEBUG"):
+            raise
         print(f"dpp {args.command}: {err}", file=sys.stderr)
+        print("(set DPP_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; resume with: dpp train --resume RUN_DIR", file=sys.stderr)

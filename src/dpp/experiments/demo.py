@@ -45,6 +45,20 @@ def demo_config(dataset: str | None = None, data_dir: str | None = None) -> tupl
     return RunConfig.from_dict(data), note
 
 
+def _with_epochs(cfg: RunConfig, epochs: int) -> RunConfig:
+    """The same run with another epoch budget; epoch-based schedules scale with it."""
+    data = cfg.to_dict()
+    scale = epochs / data["train"]["epochs"]
+    data["train"]["epochs"] = epochs
+    for key in ("temperature", "noise_scale"):
+        sched = data["pruning"].get(key)
+        if isinstance(sched, dict):
+            for field in ("epochs", "delay_epochs"):
+                if field in sched:
+                    sched[field] = sched[field] * scale
+    return RunConfig.from_dict(data)
+
+
 def run_demo(
     *,
     data_dir: str | None = None,
@@ -58,9 +72,7 @@ def run_demo(
     cfg, note = demo_config(dataset, data_dir)
     cfg.output_dir = output_dir
     if epochs is not None:
-        cfg = RunConfig.from_dict(
-            {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": epochs}}
-        )
+        cfg = _with_epochs(cfg, epochs)
     print(f"dpp demo: {note}")
     print(
         f"dpp demo: LeNet-300-100, DPP weight-level k-of-n, 95% sparsity per neuron in fc1 and fc2, "

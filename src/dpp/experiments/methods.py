@@ -30,6 +30,9 @@ class TrainingMethod:
 
     name = "dense"
     pruner: dpp.Pruner | None = None
+    # Whether the masks are sparse from the first step (then a run from scratch rescales the
+    # pruned layers' initial weights for their smaller fan-in, see train.sparse_init).
+    sparse_from_start = True
 
     def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int) -> None:
         self.model = model
@@ -68,6 +71,10 @@ class TrainingMethod:
     def describe(self) -> dict[str, Any]:
         """Values logged in every epoch record (temperature, noise scale, ...)."""
         return {}
+
+    def count_parameters(self) -> tuple[int, int] | None:
+        """(dense, kept) parameter counts when the method knows better than its pruner."""
+        return None
 
 
 class DenseMethod(TrainingMethod):

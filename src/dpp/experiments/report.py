@@ -13,20 +13,21 @@ an unfinished run), ``config.yaml`` and ``checkpoint.pt`` (the final logits, thr
 What it writes (one run: into ``<run>/report``; several: ``reports/<timestamp>``, with each
 run's figures in a sub-directory named after the run directory):
 
-=============================  ==============================================================
-file                           shows
-=============================  ==============================================================
-``report.html`` / ``.md``      the page: summary table, per-layer tables, every figure
-``curves.png``                 loss, accuracy and the temperature / noise-scale schedules
-``sparsity.png``               final sparsity per layer (and total over epochs if it changes)
-``mask_metrics.png``           confidence and diversity per layer over epochs
-``mask_<layer>.png``           Linear layers: inclusion probability of every weight
-``pixels_<layer>.png``         first layer on images: how many neurons keep each pixel
-``conv_masks.png``             convolutions: expected fraction of every kernel kept
-``filters.png``                filter-level layers: channels kept, inclusion per channel
-``accuracy_vs_compression.png`` several runs: test accuracy against compression (log x)
-``test_accuracy.png``          several runs: test accuracy over epochs
-=============================  ==============================================================
+===============================  ===============================================================
+file                             shows
+===============================  ===============================================================
+``report.html`` / ``.md``        the page: summary table, per-layer tables, every figure
+``curves.png``                   loss, accuracy and the temperature / noise-scale schedules
+``sparsity.png``                 final sparsity per layer (and total over epochs if it changes)
+``mask_metrics.png``             confidence and diversity per layer over epochs
+``mask_<layer>.png``             Linear layers: inclusion probability of every weight
+``pixels_<layer>.png``           first layer on images: how many neurons keep each pixel
+``conv_masks.png``               convolutions: expected fraction of every kernel kept
+``filters.png``                  filter-level layers: channels kept, inclusion per channel
+``accuracy_vs_compression.png``  several runs: test accuracy against compression (log x)
+``test_accuracy.png``            several runs: test accuracy over epochs
+===============================  ===============================================================
+
 
 Inclusion probabilities are those of one training-mode draw at the run's final noise scale
 (``dpp.metrics.inclusion_probabilities``, Monte Carlo with a fixed seed where no exact form
@@ -66,6 +67,8 @@ DPI = 110
 DEFAULT_SAMPLES = 256
 #: Heat maps larger than this are averaged over blocks of cells first.
 MAX_MAP_ROWS, MAX_MAP_COLS = 400, 800
+#: A PNG larger than this (bytes) is saved again with fewer palette colours.
+MAX_PNG_BYTES = 140_000
 #: At most this many convolution panels in ``conv_masks.png``.
 MAX_CONV_PANELS = 24
 #: Per-layer line plots up to this many layers; heat maps (layer x epoch) beyond.
@@ -294,11 +297,17 @@ def _mask_data(run: ReportRun, samples: int, seed: int) -> MaskData:
     if pruner is None:
         return MaskData([], None, None)
     try:
-        input_shape: tuple[int, ...] | None = tuple(dataset_info(loaded.cfg.data.dataset).input_shape)
+        input_shape: tuple[int, ...] | None = tuple(
+            dataset_info(loaded.cfg.data.dataset).input_shape
+        )
     except ValueError:
         input_shape = None
     first = next(
-        (name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))),
+        (
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        ),
         None,
     )
     layers = []
@@ -350,7 +359,7 @@ def _params_kept(model: Any, pruner: Any) -> tuple[int, int]:
     logits = {id(p) for p in pruner.logits()} if pruner is not None else set()
     dense = sum(p.numel() for p in model.parameters() if id(p) not in logits)
     removed = 0
-    for layer in (pruner.layers.values() if pruner is not None else []):
+    for layer in pruner.layers.values() if pruner is not None else []:
         lay = layer.dpp_layout
         if lay is None:
             continue
@@ -391,12 +400,21 @@ class _Plotter:
         except ImportError:  # pragma: no cover - pillow is a matplotlib dependency
             path.write_bytes(buf.getvalue())
             return
-        # 256-colour palette: figures are flat colours and colormaps, so nothing visible is
-        # lost, and the files are 3-5x smaller than RGBA (they are committed as examples).
+        # A 256-colour palette: the figures are flat colours, antialiased text and colormaps
+        # with at most 256 entries, so nothing visible is lost (the max-coverage quantizer
+        # keeps colorbar gradients smooth) and the files are 2-3x smaller than RGB; they are
+        # committed as examples. Saving through PIL also drops matplotlib's version
+        # metadata, so the bytes depend on the data only.
         with Image.open(buf) as img:
             rgb = img.convert("RGB")
-            pal = rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=0)
-            pal.save(path, format="PNG", optimize=True)
+        # A heat map of nearly random probabilities hardly compresses: fewer colours then.
+        for colors in (256, 64, 32, 16):
+            out = io.BytesIO()
+            pal = rgb.quantize(colors=colors, method=Image.Quantize.MAXCOVERAGE, dither=0)
+            pal.save(out, format="PNG", optimize=True)
+            if out.tell() <= MAX_PNG_BYTES:
+                break
+        path.write_bytes(out.getvalue())
 
     def rc(self) -> Any:
         return self.mpl.rc_context(_RC)
@@ -543,7 +561,7 @@ def _series_nested(run: ReportRun, keys: tuple[str, ...], scale: float = 1.0) ->
 def fig_mask_metrics(p: _Plotter, run: ReportRun, path: Path) -> bool:
     layer_names: list[str] = []
     for r in run.history:
-        for name in ((r.get("mask_metrics") or {}).get("layers") or {}).keys():
+        for name in (r.get("mask_metrics") or {}).get("layers") or {}:
             if name not in layer_names:
                 layer_names.append(name)
     if not layer_names:
@@ -629,7 +647,7 @@ def _downsample(arr: Any, max_rows: int, max_cols: int) -> tuple[Any, int, int]:
 def _beta_text(layer: LayerMask) -> str:
     if layer.estimator == "fixed":
         return "fixed mask"
-    if layer.noise_scale is None:
+    if layer.estimator == "deterministic" or layer.noise_scale is None:
         return "deterministic mask"
     if layer.noise_scale == 0:
         return "noise scale β = 0: the deterministic top-k"
@@ -641,10 +659,12 @@ def fig_linear_mask(
 ) -> bool:
     arr, fr, fc = _downsample(layer.candidate_prob, MAX_MAP_ROWS, MAX_MAP_COLS)
     rows, cols = layer.candidate_prob.shape
-    # At least one screen pixel per cell (the map is at most MAX_MAP_ROWS x MAX_MAP_COLS), so
-    # nearest-neighbour drawing drops no row or column.
-    width = max(7.5, arr.shape[1] / DPI + 2.4)
-    height = max(2.6, arr.shape[0] / DPI + 1.7)
+    # A whole number of screen pixels per cell (the map is at most MAX_MAP_ROWS x
+    # MAX_MAP_COLS), so nearest-neighbour drawing drops no row or column.
+    sx = max(1, min(880 // arr.shape[1], 12))
+    sy = max(1, min(440 // arr.shape[0], 12))
+    width = max(7.5, sx * arr.shape[1] / DPI + 2.3)
+    height = max(2.6, sy * arr.shape[0] / DPI + 1.6)
     unit = "per neuron" if layer.granularity == "weight" else f"per block of {layer.n}"
     if layer.granularity == "filter":
         unit = "neurons of the layer"
@@ -745,7 +765,11 @@ def fig_conv_masks(p: _Plotter, run: ReportRun, layers: list[LayerMask], path: P
         fig.colorbar(
             im, ax=axes, label="expected fraction of the kernel kept", shrink=0.8, aspect=30
         )
-        extra = f" (first {MAX_CONV_PANELS} of {len(layers)} layers)" if len(layers) > len(shown) else ""
+        extra = (
+            f" (first {MAX_CONV_PANELS} of {len(layers)} layers)"
+            if len(layers) > len(shown)
+            else ""
+        )
         beta = _beta_text(shown[0])
         fig.suptitle(
             f"{run.label}: convolution masks, C_out × C_in per layer{extra}\n{beta}",
@@ -773,24 +797,30 @@ def fig_filters(p: _Plotter, run: ReportRun, layers: list[LayerMask], path: Path
         ax1, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.6])
         ypos = list(range(len(layers)))
         ax1.barh(ypos, kept, color="C0", label="kept", height=0.7)
-        ax1.barh(ypos, [t - k for t, k in zip(total, kept, strict=True)], left=kept,
-                 color="0.8", label="pruned", height=0.7)
+        ax1.barh(
+            ypos,
+            [t - k for t, k in zip(total, kept, strict=True)],
+            left=kept,
+            color="0.8",
+            label="pruned",
+            height=0.7,
+        )
         for y, k, t in zip(ypos, kept, total, strict=True):
             ax1.text(t, y, f" {k}/{t}", va="center", ha="left", fontsize=8)
         ax1.set_yticks(ypos, names)
         ax1.invert_yaxis()
         ax1.set_xlim(0, width * 1.25)
         ax1.set_xlabel("output channels")
-        ax1.set_title("Channels kept per layer")
+        ax1.set_title("Channels kept (blue) and pruned (grey)")
         ax1.grid(axis="y", visible=False)
-        ax1.legend(loc="lower right")
         cmap = p.mpl.colormaps["viridis"].with_extremes(bad="white")
         im = ax2.imshow(grid, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=1)
         ax2.grid(False)
         ax2.set_yticks(ypos, [])
         ax2.set_xlabel("output channel")
-        ax2.set_title(f"Probability that each channel is kept\n{_beta_text(layers[0])}",
-                      fontsize=10)
+        ax2.set_title(
+            f"Probability that each channel is kept\n{_beta_text(layers[0])}", fontsize=10
+        )
         fig.colorbar(im, ax=ax2, label="P(channel kept)", shrink=0.9)
         fig.suptitle(f"{run.label}: filter-level pruning")
         p.save(fig, path)
@@ -805,52 +835,91 @@ def fig_accuracy_vs_compression(
     with_storage = [r for r in pruned if r.storage_compression is not None]
     axes_spec = []
     if with_params:
-        axes_spec.append(("param_compression", "parameter compression (dense / kept, ×)",
-                          "Test accuracy vs parameters kept", with_params))
+        axes_spec.append(
+            (
+                "param_compression",
+                "parameter compression (dense / kept, ×)",
+                "Test accuracy vs parameters kept",
+                with_params,
+            )
+        )
     if with_storage:
-        axes_spec.append(("storage_compression",
-                          "storage compression (dense fp32 / packed k-of-n, ×)",
-                          "Test accuracy vs storage", with_storage))
+        axes_spec.append(
+            (
+                "storage_compression",
+                "storage compression (dense fp32 / packed k-of-n, ×)",
+                "Test accuracy vs storage",
+                with_storage,
+            )
+        )
     if not axes_spec:
         return False
     markers = "osD^v<>PX*"
-    methods = sorted({r.method for r in pruned})
+    groups = sorted({(r.method, r.model, r.dataset) for r in pruned})
+    one_setup = len({(m, d) for _, m, d in groups}) == 1
+
+    def group_label(g: tuple[str, str, str]) -> str:
+        return g[0] if one_setup else f"{g[0]} · {g[1]} · {g[2]}"
+
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     with p.rc():
-        fig = p.figure((5.0 * len(axes_spec), 4.0))
+        fig = p.figure((5.0 * len(axes_spec), 4.3))
         axes = fig.subplots(1, len(axes_spec), squeeze=False)[0]
         for ax, (attr, xlabel, title, rows) in zip(axes, axes_spec, strict=True):
             xs_all = []
-            for mi, method in enumerate(methods):
+            for gi, g in enumerate(groups):
                 pts = sorted(
-                    ((getattr(r, attr), 100 * r.test_acc, r) for r in rows if r.method == method),
+                    (
+                        (getattr(r, attr), 100 * r.test_acc, r)
+                        for r in rows
+                        if (r.method, r.model, r.dataset) == g
+                    ),
                     key=lambda t: t[0],
                 )
                 if not pts:
                     continue
                 xs = [t[0] for t in pts]
                 xs_all += xs
-                ax.plot(xs, [t[1] for t in pts], marker=markers[mi % len(markers)], ls="-",
-                        lw=1, ms=6, color=f"C{mi}", label=method)
+                ax.plot(
+                    xs,
+                    [t[1] for t in pts],
+                    marker=markers[gi % len(markers)],
+                    ls="-" if len(pts) > 1 else "none",
+                    lw=1,
+                    ms=6,
+                    color=f"C{gi % 10}",
+                    label=group_label(g),
+                )
                 if len(rows) <= 12:
                     for j, (x, y, r) in enumerate(pts):
-                        ax.annotate(r.label, (x, y), textcoords="offset points",
-                                    xytext=(5, 6 if j % 2 == 0 else -11), fontsize=8)
+                        ax.annotate(
+                            r.label,
+                            (x, y),
+                            textcoords="offset points",
+                            xytext=(5, 6 if j % 2 == 0 else -12),
+                            fontsize=8,
+                        )
             if dense is not None and dense.test_acc is not None:
-                ax.axhline(100 * dense.test_acc, color="0.3", ls="--", lw=1.2,
-                           label=f"dense ({dense.label}): {100 * dense.test_acc:.2f}%")
+                ax.axhline(
+                    100 * dense.test_acc,
+                    color="0.3",
+                    ls="--",
+                    lw=1.2,
+                    label=f"dense reference ({dense.label}): {100 * dense.test_acc:.2f}%",
+                )
                 xs_all.append(1.0)
             ax.set_xscale("log")
             lo, hi = min(xs_all), max(xs_all)
-            ax.set_xlim(lo / 1.3, hi * 1.6)
+            ax.set_xlim(lo / 1.3, hi * 1.8)
             ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
             ax.set_xlabel(xlabel + ", log scale")
             ax.set_ylabel("test accuracy (%)")
             ax.set_title(title)
-            ax.legend(loc="lower left")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3))
         fig.suptitle("Accuracy against compression")
         p.save(fig, path)
     return True
@@ -868,8 +937,9 @@ def fig_test_accuracy(
             if ys is None:
                 continue
             style = "--" if run.method == "dense" else "-"
-            ax.plot(_epochs(run), ys, ls=style, color=f"C{i % 10}", label=run.label,
-                    **_marker(len(ys)))
+            ax.plot(
+                _epochs(run), ys, ls=style, color=f"C{i % 10}", label=run.label, **_marker(len(ys))
+            )
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("Test accuracy over epochs (deterministic masks; dashed: dense)")
         _integer_epochs(ax)
@@ -985,31 +1055,48 @@ def make_report(
         sec = _RunSection(run)
         fig_dir = out_dir / run.slug if multi else out_dir
         figs = sec.figures
-        emit(fig_curves(plotter, run, fig_dir / "curves.png"), fig_dir / "curves.png", figs,
-             "Training curves",
-             "Loss and accuracy per epoch. Training values are averaged over the epoch with "
-             "sampled masks; validation and test use the deterministic top-k masks at the end "
-             "of the epoch. Right: temperature τ of the relaxation and noise scale β of the "
-             "Gumbel perturbation at the end of each epoch.")
-        emit(fig_sparsity(plotter, run, fig_dir / "sparsity.png"), fig_dir / "sparsity.png",
-             figs, "Sparsity per layer",
-             "Fraction of each pruned layer's weights that the final deterministic mask "
-             "removes; k/n is the number of candidates kept per group. The dashed line is "
-             "the total over the pruned layers.")
-        emit(fig_mask_metrics(plotter, run, fig_dir / "mask_metrics.png"),
-             fig_dir / "mask_metrics.png", figs, "Mask confidence and diversity",
-             "Confidence: how sure each group is of its k candidates (1: always the same k, "
-             "0: uniform), averaged over the layer's groups. Diversity: how much the groups' "
-             "choices spread over all n candidates (0: every group keeps the same k). Both "
-             "from inclusion probabilities of one training-mode draw (method.md section 6).")
+        emit(
+            fig_curves(plotter, run, fig_dir / "curves.png"),
+            fig_dir / "curves.png",
+            figs,
+            "Training curves",
+            "Loss and accuracy per epoch. Training values are averaged over the epoch with "
+            "sampled masks; validation and test use the deterministic top-k masks at the end "
+            "of the epoch. Right: temperature τ of the relaxation and noise scale β of the "
+            "Gumbel perturbation at the end of each epoch.",
+        )
+        emit(
+            fig_sparsity(plotter, run, fig_dir / "sparsity.png"),
+            fig_dir / "sparsity.png",
+            figs,
+            "Sparsity per layer",
+            "Fraction of each pruned layer's weights that the final deterministic mask "
+            "removes; k/n is the number of candidates kept per group. The dashed line is "
+            "the total over the pruned layers.",
+        )
+        emit(
+            fig_mask_metrics(plotter, run, fig_dir / "mask_metrics.png"),
+            fig_dir / "mask_metrics.png",
+            figs,
+            "Mask confidence and diversity",
+            "Confidence: how sure each group is of its k candidates (1: always the same k, "
+            "0: uniform), averaged over the layer's groups. Diversity: how much the groups' "
+            "choices spread over all n candidates (0: every group keeps the same k). Both "
+            "from inclusion probabilities of one training-mode draw (method.md section 6). A "
+            "filter-level layer has a single group: its diversity is 0 by definition.",
+        )
         try:
             sec.masks = _mask_data(run, samples, seed)
         except Exception as err:  # the run's figures above are still useful
-            sec.masks = MaskData([], None, None, f"{type(err).__name__}: {err}")
+            message = f"{type(err).__name__}: {err}"
+            if len(message) > 300:
+                message = message[:300] + " ..."
+            sec.masks = MaskData([], None, None, message)
         if sec.masks.error:
             sec.notes.append(f"Mask images skipped: {sec.masks.error}")
-            print(f"dpp report: {run.path}: mask images skipped: {sec.masks.error}",
-                  file=sys.stderr)
+            print(
+                f"dpp report: {run.path}: mask images skipped: {sec.masks.error}", file=sys.stderr
+            )
         md = sec.masks
         conv, filters = [], []
         for layer in md.layers:
@@ -1019,12 +1106,16 @@ def make_report(
                 conv.append(layer)
             else:
                 target = fig_dir / f"mask_{_slug(layer.name)}.png"
-                emit(fig_linear_mask(plotter, run, layer, target, md.input_shape), target, figs,
-                     f"Mask of {layer.name}",
-                     f"Probability that each weight of {layer.name} is kept by one "
-                     f"training-mode draw of the mask ({_beta_text(layer)}), from the final "
-                     "logits. Rows are output neurons, columns inputs; bright columns are "
-                     "inputs that many neurons keep.")
+                emit(
+                    fig_linear_mask(plotter, run, layer, target, md.input_shape),
+                    target,
+                    figs,
+                    f"Mask of {layer.name}",
+                    f"Probability that each weight of {layer.name} is kept by one "
+                    f"training-mode draw of the mask ({_beta_text(layer)}), from the final "
+                    "logits. Rows are output neurons, columns inputs; bright columns are "
+                    "inputs that many neurons keep.",
+                )
                 if (
                     layer.name == md.first_layer
                     and layer.kept is not None
@@ -1034,37 +1125,58 @@ def make_report(
                     and math.prod(md.input_shape) == layer.kept.shape[1]
                 ):
                     target = fig_dir / f"pixels_{_slug(layer.name)}.png"
-                    emit(fig_pixels(plotter, run, layer, target, md.input_shape), target, figs,
-                         f"Input pixels kept by {layer.name}",
-                         "How many first-layer neurons keep each input pixel under the final "
-                         "deterministic masks: the layer learns where the information is.")
+                    emit(
+                        fig_pixels(plotter, run, layer, target, md.input_shape),
+                        target,
+                        figs,
+                        f"Input pixels kept by {layer.name}",
+                        "How many first-layer neurons keep each input pixel under the final "
+                        "deterministic masks: the layer learns where the information is.",
+                    )
         if conv:
             target = fig_dir / "conv_masks.png"
-            emit(fig_conv_masks(plotter, run, conv, target), target, figs,
-                 "Convolution masks",
-                 "For every pruned convolution, an output channel × input channel map of the "
-                 "expected fraction of each kernel that is kept (kernel level: the probability "
-                 "that the kernel is kept; weight or block level: the mean over its positions).")
+            emit(
+                fig_conv_masks(plotter, run, conv, target),
+                target,
+                figs,
+                "Convolution masks",
+                "For every pruned convolution, an output channel × input channel map of the "
+                "expected fraction of each kernel that is kept (kernel level: the probability "
+                "that the kernel is kept; weight or block level: the mean over its positions).",
+            )
         if filters:
             target = fig_dir / "filters.png"
-            emit(fig_filters(plotter, run, filters, target), target, figs,
-                 "Filter-level pruning",
-                 "Left: output channels kept per filter-level layer. Right: probability that "
-                 "each channel is kept (white: beyond the layer's channel count).")
+            emit(
+                fig_filters(plotter, run, filters, target),
+                target,
+                figs,
+                "Filter-level pruning",
+                "Left: output channels kept per filter-level layer. Right: probability that "
+                "each channel is kept (white: beyond the layer's channel count).",
+            )
         sections.append(sec)
 
     overview: list[_Figure] = []
     if len(loaded) + (dense_run is not None) > 1:
         target = out_dir / "accuracy_vs_compression.png"
-        emit(fig_accuracy_vs_compression(plotter, loaded, reference, target), target, overview,
-             "Accuracy against compression",
-             "Final test accuracy of every pruned run against its compression, log scale. "
-             "Parameters: dense parameter count over parameters kept. Storage: dense fp32 bits "
-             "over the packed k-of-n format (values and indices). Dashed: the dense "
-             "reference." + ("" if reference is not None else " (No dense reference run.)"))
+        emit(
+            fig_accuracy_vs_compression(plotter, loaded, reference, target),
+            target,
+            overview,
+            "Accuracy against compression",
+            "Final test accuracy of every pruned run against its compression, log scale. "
+            "Parameters: dense parameter count over parameters kept. Storage: dense fp32 bits "
+            "over the packed k-of-n format (values and indices). Dashed: the dense "
+            "reference." + ("" if reference is not None else " (No dense reference run.)"),
+        )
         target = out_dir / "test_accuracy.png"
-        emit(fig_test_accuracy(plotter, loaded, dense_run, target), target, overview,
-             "Test accuracy over epochs", "Test accuracy of every run per epoch.")
+        emit(
+            fig_test_accuracy(plotter, loaded, dense_run, target),
+            target,
+            overview,
+            "Test accuracy over epochs",
+            "Test accuracy of every run per epoch.",
+        )
 
     all_runs = loaded + ([dense_run] if dense_run is not None else [])
     page = out_dir / ("report.html" if fmt == "html" else "report.md")
@@ -1079,8 +1191,17 @@ def _fmt_pct(value: float | None) -> str:
 
 
 def _summary_rows(runs: list[ReportRun]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "method", "model", "dataset", "epochs", "test acc.", "params kept",
-              "param. compr.", "storage compr."]
+    header = [
+        "run",
+        "method",
+        "model",
+        "dataset",
+        "epochs",
+        "test acc.",
+        "params kept",
+        "param. compr.",
+        "storage compr.",
+    ]
     rows = []
     for r in runs:
         total = r.epochs_total
@@ -1093,28 +1214,51 @@ def _summary_rows(runs: list[ReportRun]) -> tuple[list[str], list[list[str]]]:
         pc = r.param_compression
         sc = r.storage_compression
         name = r.label + (" (reference)" if r.reference else "")
-        rows.append([
-            name, r.method, r.model, r.dataset, epochs, _fmt_pct(r.test_acc), params,
-            "–" if pc is None else f"{pc:.1f}×", "–" if sc is None else f"{sc:.1f}×",
-        ])
+        rows.append(
+            [
+                name,
+                r.method,
+                r.model,
+                r.dataset,
+                epochs,
+                _fmt_pct(r.test_acc),
+                params,
+                "–" if pc is None else f"{pc:.1f}×",
+                "–" if sc is None else f"{sc:.1f}×",
+            ]
+        )
     return header, rows
 
 
 def _layer_table(run: ReportRun) -> tuple[list[str], list[list[str]]]:
-    header = ["layer", "type", "granularity", "k / n", "density", "weights kept",
-              "confidence", "diversity"]
+    header = [
+        "layer",
+        "type",
+        "granularity",
+        "k / n",
+        "density",
+        "weights kept",
+        "confidence",
+        "diversity",
+    ]
     mm = (run.last.get("mask_metrics") or {}).get("layers") or {}
     rows = []
     for r in (run.summary or {}).get("layers") or []:
         m = mm.get(r.get("layer"), {})
         kn = "dense" if r.get("k") == "-" else f"{r.get('k')} / {r.get('n')}"
         conf, div = _num(m.get("confidence")), _num(m.get("diversity"))
-        rows.append([
-            str(r.get("layer")), str(r.get("type", "")), str(r.get("granularity", "")), kn,
-            f"{float(r.get('density', 1.0)):.3f}",
-            f"{int(r.get('kept', 0)):,} / {int(r.get('weights', 0)):,}",
-            "–" if conf is None else f"{conf:.3f}", "–" if div is None else f"{div:.3f}",
-        ])
+        rows.append(
+            [
+                str(r.get("layer")),
+                str(r.get("type", "")),
+                str(r.get("granularity", "")),
+                kn,
+                f"{float(r.get('density', 1.0)):.3f}",
+                f"{int(r.get('kept', 0)):,} / {int(r.get('weights', 0)):,}",
+                "–" if conf is None else f"{conf:.3f}",
+                "–" if div is None else f"{div:.3f}",
+            ]
+        )
     return header, rows
 
 
@@ -1160,7 +1304,8 @@ def _html_figure(fig: _Figure) -> str:
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em}h2{font-size:1.3em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+h1{font-size:1.6em}
+h2{font-size:1.3em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:1em 0;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}

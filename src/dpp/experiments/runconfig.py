@@ -68,12 +68,15 @@ def _choice(section: str, key: str, value: Any, valid: tuple[str, ...]) -> None:
         )
 
 
-def _positive(section: str, key: str, value: Any, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+def _positive(
+    section: str, key: str, value: Any, *, allow_zero: bool = False, integer: bool = False
+) -> None:
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{section}.{key} must be a number {bound}, got {value!r}")
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{section}.{key} must be {kind} {bound}, got {value!r}")
 
 
 @dataclass
@@ -96,9 +99,9 @@ class DataSection:
             raise ConfigError(
                 f"data.dataset = {self.dataset!r} is not valid; choose one of: {', '.join(DATASETS)}"
             ) from None
-        _positive("data", "val_size", self.val_size, allow_zero=True)
-        _positive("data", "batch_size", self.batch_size)
-        _positive("data", "eval_batch_size", self.eval_batch_size)
+        _positive("data", "val_size", self.val_size, allow_zero=True, integer=True)
+        _positive("data", "batch_size", self.batch_size, integer=True)
+        _positive("data", "eval_batch_size", self.eval_batch_size, integer=True)
 
 
 @dataclass
@@ -140,7 +143,7 @@ class TrainSection:
     sparse_init: bool = True  # from scratch: scale pruned layers' weights by sqrt(n/k)
 
     def validate(self) -> None:
-        _positive("train", "epochs", self.epochs)
+        _positive("train", "epochs", self.epochs, integer=True)
         _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
         if self.logit_optimizer is not None:
             _choice("train", "logit_optimizer", self.logit_optimizer, OPTIMIZERS)
@@ -154,7 +157,10 @@ class TrainSection:
             _positive("train", "logit_lr", self.logit_lr)
         if self.grad_clip is not None:
             _positive("train", "grad_clip", self.grad_clip)
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+        device = self.device
+        if not isinstance(device, str) or not (
+            device in ("auto", "cpu") or device.startswith("cuda")
+        ):
             raise ConfigError(
                 f"train.device = {self.device!r} is not valid; use auto, cpu or cuda[:N]"
             )
@@ -170,9 +176,14 @@ class LogSection:
     metrics_samples: int = 64  # Monte Carlo draws per layer for confidence/diversity
     checkpoint: bool = True
 
+    def __post_init__(self) -> None:
+        # YAML 1.1 (config files and --set) reads unquoted on/off as booleans.
+        if isinstance(self.progress, bool):
+            self.progress = "on" if self.progress else "off"
+
     def validate(self) -> None:
         _choice("log", "progress", self.progress, PROGRESS)
-        _positive("log", "metrics_samples", self.metrics_samples)
+        _positive("log", "metrics_samples", self.metrics_samples, integer=True)
 
 
 _SECTIONS = {"data": DataSection, "model": ModelSection, "train": TrainSection, "log": LogSection}
@@ -234,7 +245,7 @@ class RunConfig:
             raise ConfigError(
                 f"pruning must be a mapping of dpp.DPPConfig fields, got {self.pruning!r}"
             )
-        if self.method != "dense":
+        if self.method != "dense" or self.pruning:
             self.dpp_config(steps_per_epoch=1)  # validates the pruning section
 
     def dpp_config(self, steps_per_epoch: int):

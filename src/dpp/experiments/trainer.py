@@ -199,10 +199,13 @@ def _new_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
     path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)  # atomic: two runs started together get two directories
+            return path
+        except FileExistsError:
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
@@ -252,7 +255,12 @@ def _build(
         _load_init(model, cfg.train.init_from)
     model.to(device)
     method = create_method(cfg, model, steps_per_epoch)
-    if method.pruner is not None and cfg.train.sparse_init and not cfg.train.init_from:
+    if (
+        method.pruner is not None
+        and method.sparse_from_start
+        and cfg.train.sparse_init
+        and not cfg.train.init_from
+    ):
         method.pruner.rescale_for_sparsity()
     model.to(device)
     return model, method
@@ -374,11 +382,11 @@ def train(
     start_epoch = 0
     step = 0
     if checkpoint is not None:
+        method.load_state_dict(checkpoint["method"])
         model.load_state_dict(checkpoint["model"])
         opts.load_state_dict(checkpoint["optimizer"])
         for sched, state in zip(schedulers, checkpoint["schedulers"], strict=True):
             sched.load_state_dict(state)
-        method.load_state_dict(checkpoint["method"])
         if int(checkpoint.get("world_size", 1)) != ctx.world_size:
             raise ValueError(
                 f"{resume}: the run was trained with {checkpoint.get('world_size', 1)} processes; "
@@ -449,6 +457,8 @@ def train(
                 bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}")
         if bar is not None:
             bar.close()
+        # The rates this epoch trained with, before the schedulers move them on.
+        epoch_lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(opts.param_groups)}
         for sched in schedulers:
             sched.step()
         method.end_epoch(epoch)
@@ -471,7 +481,7 @@ def train(
             model, splits.test, batch_size=cfg.data.eval_batch_size, device=device, ctx=ctx
         )
         record.update(method.describe())
-        record["lr"] = {g.get("name", str(i)): g["lr"] for i, g in enumerate(opts.param_groups)}
+        record["lr"] = epoch_lrs
         if pruner is not None:
             sp = pruner.sparsity()
             record["sparsity"] = {"layers": sp["layers"], "total": sp["total"]}
@@ -632,7 +642,7 @@ def _finish(
 ) -> dict[str, Any]:
     pruner = method.pruner
     last = history[-1]
-    dense, kept = _params_kept(model, pruner)
+    dense, kept = method.count_parameters() or _params_kept(model, pruner)
     summary: dict[str, Any] = {
         "name": cfg.name,
         "method": cfg.method,
@@ -732,8 +742,8 @@ def load_run(
         cfg.model.name, info.num_classes, input_shape=info.input_shape, **cfg.model.kwargs
     )
     method = create_method(cfg, model, int(checkpoint["steps_per_epoch"]))
-    model.load_state_dict(checkpoint["model"])
     method.load_state_dict(checkpoint["method"])
+    model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     return LoadedRun(cfg, model, method, checkpoint, ckpt_path, splits)
 
@@ -755,10 +765,11 @@ def run_summary_table(summary: dict[str, Any]) -> str:
     lines.append(
         f"parameters      {dense:,} dense, {kept:,} kept ({100 * kept / dense:.2f}%, {dense / kept:.1f}x fewer)"
     )
-    storage = summary.get("storage")
-    if storage and "compression" in storage:
+    # storage_report(...).to_dict() keeps the ratio under "total"
+    compression = (summary.get("storage") or {}).get("total", {}).get("compression_ratio")
+    if compression is not None:
         lines.append(
-            f"storage         {storage['compression']:.1f}x smaller than dense fp32 (packed k-of-n, indices included)"
+            f"storage         {compression:.1f}x smaller than dense fp32 (packed k-of-n, indices included)"
         )
     lines.append(f"test accuracy   {100 * summary['test_acc']:.2f}%")
     if "val_acc" in summary:

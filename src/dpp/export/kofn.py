@@ -203,9 +203,10 @@ class KOfNLinear(nn.Module):
 
     # ------------------------------------------------------------------ formulations
     def _derived(self, name: str) -> Tensor:
-        """Cached helpers, rebuilt when the buffers move or change."""
-        key = (name, self.values.data_ptr(), self.values.device, self.values.dtype,
-               self.values._version, self.indices.data_ptr(), self.indices._version)  # fmt: skip
+        """Cached helpers (flat indices, offsets, the CSR matrix), rebuilt when buffers move."""
+        # The helpers view the buffers' memory, so in-place updates (load_state_dict) show
+        # through; new buffers (.to(), assignment) have a new data pointer.
+        key = (self.values.data_ptr(), self.values.dtype, self.indices.data_ptr())
         hit = self._cache.get(name)
         if hit is not None and hit[0] == key:
             return hit[1]

@@ -1,0 +1,239 @@
+"""``dpp compare GRID``: run a grid of methods x settings x seeds, resumably, and tabulate it.
+
+A grid file (TOML or YAML) names a base run config and the axes::
+
+    name = "lenet300-fmnist"
+    base = "configs/lenet300_fmnist_w95.toml"
+    output_dir = "results/lenet300-fmnist"
+    seeds = [0, 1, 2]
+    dense_epochs = 10          # length of the dense run that "from dense" methods start from
+    set = ["train.epochs=20"]  # applied to every run
+
+    [[settings]]               # the sparsity levels
+    label = "95%"
+    set = ["pruning.density=0.05"]
+
+    [[methods]]
+    label = "DPP"
+    set = ["method=dpp"]
+
+    [[methods]]
+    label = "magnitude k-of-n (one-shot)"
+    set = ["method=magnitude_kofn"]
+    from_dense = true          # starts from the dense run of dense_epochs, trains the rest
+
+Every run lives in ``<output_dir>/<run id>``; a finished run (``summary.json``) is skipped,
+an interrupted one (``checkpoint.pt``) is resumed, so a grid spread over several sessions
+loses nothing. A ``from_dense`` method trains ``epochs - dense_epochs`` epochs from the
+dense checkpoint: the total epoch budget is the same for every method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .runconfig import ConfigError, RunConfig, apply_overrides, load_config_file
+
+__all__ = ["Grid", "RunSpec", "load_grid", "results_table", "run_grid"]
+
+_GRID_KEYS = ("name", "base", "output_dir", "seeds", "dense_epochs", "set", "settings", "methods")
+
+
+@dataclass
+class RunSpec:
+    """One run of the grid."""
+
+    run_id: str
+    setting: str
+    method: str
+    seed: int
+    config: dict[str, Any]
+    needs: str | None = None  # run id of the dense run it starts from
+
+    def run_dir(self, grid: Grid) -> Path:
+        return grid.output_dir / self.run_id
+
+
+@dataclass
+class Grid:
+    name: str
+    output_dir: Path
+    runs: list[RunSpec]
+    settings: list[str]
+    methods: list[str]
+    seeds: list[int]
+    dense_runs: dict[str, RunSpec] = field(default_factory=dict)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read a grid file and expand it into run specs (dense start runs first)."""
+    path = Path(path)
+    data = load_config_file(path)
+    unknown = sorted(set(data) - set(_GRID_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: {', '.join(_GRID_KEYS)}")
+    for key in ("base", "settings", "methods"):
+        if key not in data:
+            raise ConfigError(f"{path}: missing {key!r}")
+    base_path = Path(data["base"])
+    if not base_path.is_absolute() and not base_path.exists():
+        base_path = path.parent / base_path
+    base = apply_overrides(load_config_file(base_path), list(data.get("set", [])))
+    name = data.get("name", path.stem)
+    output_dir = Path(data.get("output_dir", f"results/{_slug(name)}"))
+    seeds = [int(s) for s in data.get("seeds", [0])]
+    epochs = int(RunConfig.from_dict(base).train.epochs)
+    dense_epochs = data.get("dense_epochs")
+
+    dense_runs: dict[str, RunSpec] = {}
+    runs: list[RunSpec] = []
+    for seed in seeds:
+        if dense_epochs is not None:
+            cfg = apply_overrides(base, ["method=dense", f"seed={seed}", f"train.epochs={dense_epochs}"])
+            run_id = f"dense{dense_epochs}ep-s{seed}"
+            cfg["name"] = run_id
+            dense_runs[str(seed)] = RunSpec(run_id, "-", "dense start", seed, cfg)
+    for setting in data["settings"]:
+        for method in data["methods"]:
+            for seed in seeds:
+                sets = [*setting.get("set", []), *method.get("set", []), f"seed={seed}"]
+                needs = None
+                if method.get("from_dense"):
+                    if dense_epochs is None:
+                        raise ConfigError(f"{path}: method {method['label']!r} needs dense_epochs")
+                    if not 0 < int(dense_epochs) < epochs:
+                        raise ConfigError(f"{path}: dense_epochs must be between 0 and {epochs}")
+                    needs = dense_runs[str(seed)].run_id
+                    sets += [
+                        f"train.epochs={epochs - int(dense_epochs)}",
+                        f"train.init_from={output_dir / needs}",
+                    ]
+                cfg = apply_overrides(base, sets)
+                run_id = f"{_slug(setting['label'])}-{_slug(method['label'])}-s{seed}"
+                cfg["name"] = run_id
+                RunConfig.from_dict(cfg)  # validate early
+                runs.append(RunSpec(run_id, setting["label"], method["label"], seed, cfg, needs))
+    return Grid(
+        name=name,
+        output_dir=output_dir,
+        runs=list(dense_runs.values()) + runs,
+        settings=[s["label"] for s in data["settings"]],
+        methods=[m["label"] for m in data["methods"]],
+        seeds=seeds,
+        dense_runs=dense_runs,
+    )
+
+
+def _status(spec: RunSpec, grid: Grid) -> str:
+    run_dir = spec.run_dir(grid)
+    if (run_dir / "summary.json").is_file():
+        return "done"
+    if (run_dir / "checkpoint.pt").is_file():
+        return "partial"
+    return "todo"
+
+
+def run_grid(grid: Grid, *, only: str | None = None, quiet: bool = True, max_runs: int | None = None) -> None:
+    """Run every missing run of the grid (resuming partial ones), in order."""
+    from .trainer import train
+
+    done = 0
+    for spec in grid.runs:
+        if only and not re.search(only, spec.run_id):
+            continue
+        status = _status(spec, grid)
+        if status == "done":
+            continue
+        if max_runs is not None and done >= max_runs:
+            break
+        run_dir = spec.run_dir(grid)
+        t0 = time.perf_counter()
+        print(f"[{time.strftime('%H:%M:%S')}] {spec.run_id} ({status})", flush=True)
+        if status == "partial":
+            train(resume=run_dir, quiet=quiet)
+        else:
+            train(RunConfig.from_dict(spec.config), run_dir=run_dir, quiet=quiet)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        print(
+            f"    test {100 * summary['test_acc']:.2f}%  {time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
+        done += 1
+
+
+def _load_summary(spec: RunSpec, grid: Grid) -> dict[str, Any] | None:
+    path = spec.run_dir(grid) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def results_table(grid: Grid) -> str:
+    """Markdown table: one row per setting x method, accuracy mean ± std over seeds."""
+    rows = [
+        "| setting | method | test accuracy (%) | seeds | kept weights | compression | s/epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for setting in grid.settings:
+        for method in grid.methods:
+            specs = [r for r in grid.runs if r.setting == setting and r.method == method]
+            summaries = [s for s in (_load_summary(r, grid) for r in specs) if s is not None]
+            accs = [s["test_acc"] for s in summaries]
+            kept = summaries[0]["params_kept"] if summaries else None
+            dense = summaries[0]["params_dense"] if summaries else None
+            storage = summaries[0].get("storage") if summaries else None
+            ratio = storage["total"]["compression_ratio"] if storage else None
+            secs = [s["seconds_per_epoch"] for s in summaries]
+            rows.append(
+                f"| {setting} | {method} | {_mean_std(accs)} | {len(accs)}/{len(specs)} "
+                f"| {f'{kept:,}/{dense:,}' if kept else '-'} "
+                f"| {f'{ratio:.1f}x' if ratio else '-'} "
+                f"| {f'{statistics.median(secs):.2f}' if secs else '-'} |"
+            )
+    return "\n".join(rows)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    grid = load_grid(args.grid)
+    if args.dry_run:
+        for spec in grid.runs:
+            print(f"{_status(spec, grid):<8} {spec.run_id}")
+        return 0
+    if not args.table_only:
+        run_grid(grid, only=args.only, quiet=not args.verbose, max_runs=args.max_runs)
+    table = results_table(grid)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
+def register_cli(sub: Any) -> None:
+    p = sub.add_parser("compare", help="run a grid of methods x settings x seeds and tabulate it")
+    p.add_argument("grid", help="grid file (.toml or .yaml), see configs/grids/")
+    p.add_argument("--only", help="regular expression: run only matching run ids")
+    p.add_argument("--max-runs", type=int, help="stop after this many runs (resume later)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their status")
+    p.add_argument("--table-only", action="store_true", help="do not train; print the table")
+    p.add_argument("--out", help="also write the markdown table here")
+    p.add_argument("--verbose", "-v", action="store_true", help="per-epoch lines")
+    p.set_defaults(func=_cmd_compare)
+

@@ -1,0 +1,297 @@
+"""The ``dpp`` command line, called in-process (and once as ``python -m dpp``) on digits."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpp.experiments import cli
+from dpp.experiments.data import DATASETS, load_dataset
+from dpp.experiments.runconfig import OPTIMIZERS, load_config_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DIGITS_TOML = """
+name = "cli-digits"
+seed = 0
+
+[data]
+dataset = "digits"
+batch_size = 64
+
+[model]
+name = "lenet300"
+
+[train]
+epochs = 3
+lr = 3e-3
+device = "cpu"
+
+[pruning]
+granularity = "weight"
+density = 0.1
+overrides = { fc3 = { density = 0.5 } }
+temperature = { kind = "linear", start = 2.0, end = 0.5, epochs = 1 }
+
+[log]
+progress = "off"
+metrics_samples = 8
+"""
+
+
+@pytest.fixture(autouse=True)
+def _restore_flush_denormal():
+    """train() turns on flush-denormal for CPU runs; give the default back to later tests."""
+    yield
+    torch.set_flush_denormal(False)
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``dpp ARGV`` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def line_starting(text: str, prefix: str) -> str:
+    lines = [line for line in text.splitlines() if line.split()[:1] == [prefix]]
+    assert len(lines) >= 1, f"no line starts with {prefix!r} in:\n{text}"
+    return lines[0]
+
+
+def final_table(text: str) -> str:
+    """The table a run ends with: from the last header line starting with 'layer'."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.split()[:1] == ["layer"]]
+    assert starts, text
+    return "\n".join(lines[starts[-1] :])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``dpp train --config digits.toml --set train.epochs=1 ...``: (run dir, stdout, summary)."""
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("cli")
+    config = tmp / "digits.toml"
+    config.write_text(DIGITS_TOML)
+    out_dir = tmp / "runs"
+    code, out, err = run_cli(
+        "train",
+        "--config",
+        str(config),
+        "--set",
+        "train.epochs=1",
+        "--set",
+        f"output_dir={out_dir}",
+        "--set",
+        "train.lr=1e-3",
+    )
+    torch.set_flush_denormal(False)
+    assert code == 0, err
+    (run_dir,) = out_dir.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return run_dir, out, summary
+
+
+# ------------------------------------------------------------------ train
+def test_train_prints_the_final_table(trained):
+    """dpp train prints a final table: per-layer k/n, parameters, storage, accuracy, run dir."""
+    run_dir, out, summary = trained
+    assert summary["epochs"] == 1  # --set beat the file's epochs = 3
+    assert line_starting(out, "epoch").split()[1] == "1/1"
+    out = final_table(out)
+    for row in summary["layers"]:
+        assert f"{row['k']}/{row['n']}" in line_starting(out, row["layer"])
+    params = line_starting(out, "parameters")
+    assert f"{summary['params_dense']:,} dense" in params
+    assert f"{summary['params_kept']:,} kept" in params
+    ratio = summary["storage"]["total"]["compression_ratio"]
+    assert f"{ratio:.1f}x" in line_starting(out, "storage")
+    assert f"{100 * summary['test_acc']:.2f}%" in line_starting(out, "test")
+    assert line_starting(out, "run").split()[-1] == str(run_dir)
+    cfg = (run_dir / "config.yaml").read_text()
+    assert "lr: 0.001" in cfg  # the resolved config, overrides applied
+
+
+# ------------------------------------------------------------------ eval
+def test_eval_reports_the_run_test_accuracy(trained):
+    """dpp eval RUN_DIR prints the test accuracy that summary.json recorded."""
+    run_dir, _, summary = trained
+    code, out, err = run_cli("eval", str(run_dir), "--json")
+    assert code == 0, err
+    results = json.loads(out)
+    assert results["test"]["acc"] == summary["test_acc"]
+    assert results["test"]["n"] == len(load_dataset("digits").test)
+    assert "train" not in results and "val" not in results
+
+    code, out, err = run_cli("eval", str(run_dir / "checkpoint.pt"), "--train")
+    assert code == 0, err
+    assert f"{100 * summary['test_acc']:.2f}%" in line_starting(out, "test")
+    assert "%" in line_starting(out, "train")
+
+
+# ------------------------------------------------------------------ summary
+def test_summary_prints_layers_and_storage(trained):
+    """dpp summary RUN_DIR prints the per-layer table (names, k, n) and the storage table."""
+    run_dir, _, summary = trained
+    code, out, err = run_cli("summary", str(run_dir))
+    assert code == 0, err
+    assert f"{100 * summary['test_acc']:.2f}%" in out
+    for row in summary["layers"]:
+        lines = [line.split() for line in out.splitlines() if line.split()[:1] == [row["layer"]]]
+        assert len(lines) == 2, f"{row['layer']}: expected a pruner row and a storage row"
+        pruner_row, storage_row = lines
+        assert str(row["n"]) in pruner_row and str(row["k"]) in pruner_row
+        assert f"{row['k']}/{row['n']}" in storage_row
+    assert "k-of-n" in out and "CSR" in out
+    ratio = summary["storage"]["total"]["compression_ratio"]
+    assert f"{ratio:.2f}x" in line_starting(out, "bits:")
+
+
+# ------------------------------------------------------------------ data
+def test_data_list_names_every_dataset():
+    """dpp data list prints one line per known dataset; digits (sklearn) is found."""
+    code, out, err = run_cli("data", "list")
+    assert code == 0, err
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert names == list(DATASETS)
+    assert "not found" not in line_starting(out, "digits")
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize(
+    ("assignment", "valid"),
+    [
+        ("train.optimizer=adamx", OPTIMIZERS),
+        ("data.dataset=imagenet", DATASETS),
+        ("train.bogus=1", ("epochs", "optimizer", "lr")),
+    ],
+)
+def test_config_errors_exit_2_with_valid_values_on_stderr(tmp_path: Path, assignment, valid):
+    """A bad config exits with code 2, a message on stderr listing what is valid, no run dir."""
+    config = tmp_path / "digits.toml"
+    config.write_text(DIGITS_TOML)
+    out_dir = tmp_path / "runs"
+    code, out, err = run_cli(
+        "train", "--config", str(config), "--set", assignment, "--set", f"output_dir={out_dir}"
+    )
+    assert code == 2
+    assert "config error" in err
+    for value in valid:
+        assert value in err
+    assert out == ""
+    assert not out_dir.exists()
+
+
+def test_missing_config_file_exits_2(tmp_path: Path):
+    """A config file that does not exist exits with code 2 and names the file."""
+    missing = tmp_path / "nope.toml"
+    code, _, err = run_cli("train", "--config", str(missing))
+    assert code == 2 and str(missing) in err
+
+
+def test_resume_refuses_config_changes(trained):
+    """--resume continues the saved config: --config/--set with it is refused."""
+    run_dir, _, _ = trained
+    with pytest.raises(SystemExit, match="resume"):
+        run_cli("train", "--resume", str(run_dir), "--set", "train.lr=0.1")
+
+
+def test_eval_of_a_missing_run_exits_2(tmp_path: Path):
+    """dpp eval of a directory without a checkpoint exits with code 2 and says why."""
+    code, _, err = run_cli("eval", str(tmp_path))
+    assert code == 2 and "checkpoint.pt" in err
+
+
+def test_truncated_checkpoint_exits_2(trained, tmp_path: Path):
+    """dpp eval of a truncated checkpoint exits with code 2 and names the file."""
+    run_dir, _, _ = trained
+    data = (run_dir / "checkpoint.pt").read_bytes()
+    broken = tmp_path / "checkpoint.pt"
+    broken.write_bytes(data[: len(data) // 2])
+    code, _, err = run_cli("eval", str(broken))
+    assert code == 2 and str(broken) in err
+
+
+def test_dense_run_eval_and_summary(tmp_path: Path):
+    """A dense run: eval reports its summary accuracy, summary says it is not pruned."""
+    config = tmp_path / "digits.toml"
+    config.write_text(DIGITS_TOML)
+    run_dir = tmp_path / "dense"
+    sets = ["--set", "method=dense", "--set", "train.epochs=1"]
+    code, out, err = run_cli("train", "-c", str(config), *sets, "--run-dir", str(run_dir), "-q")
+    assert code == 0, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "layers" not in summary and summary["params_kept"] == summary["params_dense"]
+    assert f"{100 * summary['test_acc']:.2f}%" in line_starting(out, "test")
+    code, out, err = run_cli("eval", str(run_dir), "--json")
+    assert code == 0 and json.loads(out)["test"]["acc"] == summary["test_acc"]
+    code, out, err = run_cli("summary", str(run_dir))
+    assert code == 0 and "no pruning" in out
+
+
+# ------------------------------------------------------------------ demo
+def test_demo_falls_back_to_digits(monkeypatch):
+    """Without Fashion-MNIST files the demo trains on digits and says so."""
+    from dpp.experiments import demo
+    from dpp.experiments.data import DatasetNotFoundError
+
+    def not_found(name, data_dir=None):
+        raise DatasetNotFoundError(f"{name} not found")
+
+    monkeypatch.setattr(demo, "find_dataset_dir", not_found)
+    cfg, note = demo.demo_config()
+    assert cfg.data.dataset == "digits" and "digits" in note
+    assert cfg.pruning == demo.demo_config("fashion-mnist")[0].pruning  # same sparsity
+
+
+def test_demo_on_digits(tmp_path: Path):
+    """dpp demo --dataset digits --epochs 1 prints parameters, per-layer k/n, accuracy, run dir."""
+    torch.manual_seed(0)
+    out_dir = tmp_path / "tmp"
+    code, out, err = run_cli(
+        "demo", "--dataset", "digits", "--epochs", "1", "--output-dir", str(out_dir)
+    )
+    assert code == 0, err
+    (run_dir,) = out_dir.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["dataset"] == "digits"
+    params = line_starting(out, "parameters")
+    assert f"{summary['params_dense']:,} dense" in params
+    assert f"{summary['params_kept']:,} kept" in params
+    assert summary["params_kept"] < summary["params_dense"]
+    out = final_table(out)
+    for row in summary["layers"]:
+        assert f"{row['k']}/{row['n']}" in line_starting(out, row["layer"])
+    assert f"{100 * summary['test_acc']:.2f}%" in line_starting(out, "test")
+    assert line_starting(out, "run").split()[-1] == str(run_dir)
+
+
+# ------------------------------------------------------------------ entry points
+def test_console_entry_points():
+    """`python -m dpp --help` lists the subcommands; the `dpp` script points at cli.main."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpp", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for command in ("train", "eval", "summary", "data", "demo"):
+        assert command in proc.stdout
+    script = load_config_file(ROOT / "pyproject.toml")["project"]["scripts"]["dpp"]
+    module, _, attr = script.partition(":")
+    assert getattr(import_module(module), attr) is cli.main
