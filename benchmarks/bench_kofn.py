@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                 ref = F.linear(x, w)
                 times = {}
                 with torch.inference_mode():
-                    times["dense"] = median_ms(F.linear, x, w, **timing)
+                    times["dense_torch"] = median_ms(F.linear, x, w, **timing)
                     if batch == 1:
                         xv = x[0]
                         times["csr_torch"] = median_ms(torch.mv, csr, xv, **timing)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                 main_rows.append((n, density, batch, times, chosen))
                 method_rows.append((n, density, batch, times))
                 print(
-                    f"n={n} density={density} batch={batch}: dense {times['dense']:.3f} ms, "
+                    f"n={n} density={density} batch={batch}: dense {times['dense_torch']:.3f} ms, "
                     f"CSR {times['csr_torch']:.3f} ms, k-of-n {times['auto']:.3f} ms ({chosen})",
                     file=sys.stderr,
                     flush=True,
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---:|---:|---:|---:|---:|---|---:|---:|")
     for n, density, batch, t, chosen in main_rows:
         print(
-            f"| {n} | {density:g} | {batch} | {t['dense']:.3f} | {t['csr_torch']:.3f} | "
-            f"{t['auto']:.3f} ({chosen}) | {t['dense'] / t['auto']:.2f}x faster | "
+            f"| {n} | {density:g} | {batch} | {t['dense_torch']:.3f} | {t['csr_torch']:.3f} | "
+            f"{t['auto']:.3f} ({chosen}) | {t['dense_torch'] / t['auto']:.2f}x faster | "
             f"{t['csr_torch'] / t['auto']:.2f}x faster |"
         )
     print("\nEvery formulation of KOfNLinear (ms; `nan`: skipped, intermediate too large):\n")

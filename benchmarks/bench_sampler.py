@@ -102,8 +102,10 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}"
     )
     print()
-    print("| groups x n | k | topk (ms) | fwd (ms) | fwd+bwd (ms) | fwd+bwd / topk "
-          "| literal loop (ms) | loop / fwd+bwd |")
+    print(
+        "| groups x n | k | topk (ms) | fwd (ms) | fwd+bwd (ms) | fwd+bwd / topk "
+        "| literal loop (ms) | loop / fwd+bwd |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for groups, n, k in SHAPES:
         r = bench_shape(groups, n, k, args.repeats, args.loop_memory_gb)

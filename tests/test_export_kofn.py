@@ -136,3 +136,24 @@ def test_state_dict_round_trip():
     for method in FORMULATIONS:
         clone.method = fast.method = method
         torch.testing.assert_close(clone(x), fast(x))
+
+
+def test_dense_layers_above_max_density_stay_plain():
+    """Layers keeping more than max_density of their weights stay plain nn.Linear."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    dpp.prune(model, density=0.1, overrides={"2": {"density": 0.5}})
+    model.eval()
+    fast = convert_kofn(model, max_density=0.3)
+    assert isinstance(fast[0], KOfNLinear) and type(fast[2]) is nn.Linear
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-6)
+    assert isinstance(convert_kofn(model)[2], KOfNLinear)
+
+
+def test_auto_picks_csr_for_small_batches_and_embedding_bag_for_large():
+    """method="auto" dispatches on the batch size as measured in benchmarks/bench_kofn.py."""
+    layer = KOfNLinear.from_dense(torch.randn(4, 8), torch.ones(4, 8, dtype=torch.bool))
+    assert layer._choose(1) == "csr" and layer._choose(8) == "csr"
+    assert layer._choose(64) == "embedding_bag"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
@@ -9,10 +10,12 @@ import torch
 from torch import nn
 
 import dpp
-
-pytest.importorskip("torch_pruning")
-
 from dpp.export import shrink
+
+needs_tp = pytest.mark.skipif(
+    importlib.util.find_spec("torch_pruning") is None,
+    reason="shrink needs Torch-Pruning (pip install torch-pruning)",
+)
 
 
 class Block(nn.Module):
@@ -82,6 +85,7 @@ def _producers_dead(pruner, names):
 STREAM = ["conv", "layer1.0.conv2", "layer1.1.conv2"]  # producers of the first residual stream
 
 
+@needs_tp
 @pytest.mark.parametrize("random_bn", [False, True])
 def test_shrunk_residual_cnn_equals_masked(random_bn):
     """A filter-pruned residual CNN with BN shrinks to fewer parameters with identical outputs."""
@@ -104,6 +108,7 @@ def test_shrunk_residual_cnn_equals_masked(random_bn):
         assert small.layer1[0].conv2.in_channels == 4
 
 
+@needs_tp
 def test_coupled_channels_removed_only_where_dead_in_every_producer():
     """Residual-coupled channels go only if pruned in all producers (intersection of masks)."""
     torch.manual_seed(1)
@@ -119,6 +124,7 @@ def test_coupled_channels_removed_only_where_dead_in_every_producer():
     assert small.layer2.down[0].in_channels == width
 
 
+@needs_tp
 def test_identical_coupled_masks_remove_all_their_channels():
     """When the coupled layers share one mask, every pruned channel of the stream is removed."""
     torch.manual_seed(2)
@@ -136,6 +142,7 @@ def test_identical_coupled_masks_remove_all_their_channels():
     assert_equal_outputs(small, model, x)
 
 
+@needs_tp
 def test_bn_shift_into_padded_conv_is_kept_unless_inexact_allowed():
     """A pruned channel whose BN output is a nonzero constant entering a padded conv is kept
     (exact=True) or removed with its constant folded into the bias (exact=False)."""
@@ -164,6 +171,7 @@ def test_bn_shift_into_padded_conv_is_kept_unless_inexact_allowed():
     assert loose_report.max_abs_error > 0
 
 
+@needs_tp
 def test_constant_into_linear_is_folded_exactly():
     """A nonzero constant channel feeding a Linear (after pooling) is folded into its bias."""
     torch.manual_seed(0)
@@ -184,6 +192,7 @@ def test_constant_into_linear_is_folded_exactly():
     assert_equal_outputs(small, model, x)
 
 
+@needs_tp
 def test_mlp_hidden_units_are_removed():
     """Filter pruning of Linear layers removes hidden units (and the next layer's inputs)."""
     torch.manual_seed(0)
@@ -199,6 +208,7 @@ def test_mlp_hidden_units_are_removed():
     assert_equal_outputs(small, model, x)
 
 
+@needs_tp
 def test_output_layer_is_never_shrunk():
     """A filter-pruned last layer keeps its outputs (they are the model's output)."""
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
@@ -211,6 +221,7 @@ def test_output_layer_is_never_shrunk():
     assert_equal_outputs(small, model, x)
 
 
+@needs_tp
 @pytest.mark.parametrize(("name", "size"), [("resnet20", 16), ("vgg16", 32)])
 def test_registry_models_shrink_exactly(name, size):
     """The registry's ResNet-20 and VGG-16 (50% filters, trained-looking BN) shrink exactly."""
@@ -241,6 +252,7 @@ def test_missing_torch_pruning_gives_install_hint(monkeypatch):
         shrink(pruner, torch.randn(1, 4))
 
 
+@needs_tp
 def test_shrink_needs_masks():
     """A plain model carries no masks: shrink asks for the Pruner."""
     model = nn.Sequential(nn.Linear(4, 4))

@@ -294,7 +294,10 @@ def test_bad_weight_bits_are_rejected(bits):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [({"weight_bits": 1}, "2 to 8 or 'binary'"), ({"activation_bits": 4}, "activation_bits must be None or 8")],
+    [
+        ({"weight_bits": 1}, "2 to 8 or 'binary'"),
+        ({"activation_bits": 4}, "activation_bits must be None or 8"),
+    ],
 )
 def test_bad_override_raises(override, message):
     """A bad weight_bits or activation_bits in an override raises a ValueError."""

@@ -36,9 +36,7 @@ def _check_layer_values(where: str, values: dict[str, Any]) -> None:
         )
     density = values.get("density")
     if density is not None and (
-        isinstance(density, bool)
-        or not isinstance(density, (int, float))
-        or not 0 < density <= 1
+        isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1
     ):
         raise ValueError(f"{where}: density must be in (0, 1], got {density!r}")
     for key in ("k", "block_size"):

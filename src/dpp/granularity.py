@@ -114,7 +114,8 @@ class GroupLayout:
             if not is_conv:
                 raise ValueError(
                     f"{where}: granularity 'kernel' applies to convolutions only, and this is a "
-                    "Linear layer; use 'weight', 'block' or 'filter' for it (an override or exclude)"
+                    "Linear layer; use 'weight', 'block' or 'filter' for it "
+                    "(an override or exclude)"
                 )
             groups, n = out, shape[1]
             if n == 1:

@@ -21,12 +21,12 @@ from .masks import MaskSource
 from .quantization import ActivationQuantizer, QuantSpec, fake_quantize, quantize_weight
 
 __all__ = [
+    "PRUNABLE_TYPES",
     "DPPConv1d",
     "DPPConv2d",
     "DPPConv3d",
     "DPPLayer",
     "DPPLinear",
-    "PRUNABLE_TYPES",
     "is_dpp_layer",
     "unwrap",
     "wrap",

@@ -1,4 +1,4 @@
-"""``dpp.prune(model, ...)``: one call that adds DPP to a model, and the :class:`Pruner` it returns."""
+"""``dpp.prune(model, ...)``: one call that adds DPP to a model; the :class:`Pruner` it returns."""
 
 from __future__ import annotations
 
@@ -358,6 +358,20 @@ class Pruner:
 
     def __repr__(self) -> str:
         return self.summary()
+
+    def copy(self) -> Pruner:
+        """A pruner over a deep copy of the model (same config and schedule position).
+
+        Useful to finalize or export a snapshot while training goes on with this one.
+        """
+        self._check_live("copy")
+        import copy as _copy
+
+        model = _copy.deepcopy(self.model)
+        twin = Pruner(model, self.config, {name: model.get_submodule(name) for name in self.layers})
+        twin._step = self._step
+        twin._apply_schedules()
+        return twin
 
     # ------------------------------------------------------------------ finalize
     @property

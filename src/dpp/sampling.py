@@ -158,23 +158,31 @@ def _grad_scores_fast(z: Tensor, top_idx: Tensor, tau: float, grad: Tensor) -> T
     return out.scatter_(-1, top_idx, top_grad)
 
 
+def _sort_by_score(z: Tensor, idx: Tensor) -> Tensor:
+    """``idx`` ordered by descending ``z`` (ties by position, as ``topk`` would)."""
+    order = z.gather(-1, idx).argsort(dim=-1, descending=True, stable=True)
+    return idx.gather(-1, order)
+
+
 class _TopKStraightThrough(torch.autograd.Function):
     """Forward: k-hot top-k of ``z`` (``hard=True``) or the relaxation itself.
     Backward: the gradient of the relaxation, recomputed from ``z`` and the top-k indices."""
 
     @staticmethod
     def forward(ctx, z: Tensor, k: int, tau: float, hard: bool) -> Tensor:  # type: ignore[override]
-        top_idx = z.topk(k, dim=-1, sorted=True).indices
+        # Unsorted: the forward needs the set only; the backward sorts the k winners.
+        top_idx = z.topk(k, dim=-1, sorted=False).indices
         ctx.save_for_backward(z, top_idx)
         ctx.tau = tau
         if hard:
             return torch.zeros_like(z).scatter_(-1, top_idx, 1.0)
-        return _Relaxation(z, top_idx, tau).soft().to(z.dtype)
+        return _Relaxation(z, _sort_by_score(z, top_idx), tau).soft().to(z.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         z, top_idx = ctx.saved_tensors
+        top_idx = _sort_by_score(z, top_idx)
         grad_z = _grad_scores_fast(z, top_idx, ctx.tau, grad)
         if grad_z is None:
             grad_z = _Relaxation(z, top_idx, ctx.tau).grad_scores(grad, ctx.tau)

@@ -297,7 +297,5 @@ def create_baseline(cfg: RunConfig, model: nn.Module, steps_per_epoch: int) -> T
         "random_kofn": RandomKOfN,
     }
     if cfg.method not in classes:
-        raise ConfigError(
-            f"unknown method {cfg.method!r}; valid: dense, dpp, {', '.join(classes)}"
-        )
+        raise ConfigError(f"unknown method {cfg.method!r}; valid: dense, dpp, {', '.join(classes)}")
     return classes[cfg.method](model, cfg, steps_per_epoch)

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
@@ -52,7 +51,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         for split, r in results.items():
             print(
-                f"{split:<6} accuracy {100 * r['acc']:.2f}%  loss {r['loss']:.4f}  ({r['n']:,} images)"
+                f"{split:<6} accuracy {100 * r['acc']:.2f}%  loss {r['loss']:.4f}  "
+                f"({r['n']:,} images)"
             )
     return 0
 
@@ -117,7 +117,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpp",
-        description="Dynamic Probabilistic Pruning: train, evaluate and inspect k-of-n pruned models.",
+        description="Dynamic Probabilistic Pruning: train, evaluate and inspect k-of-n pruned "
+        "models.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -173,18 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Any]:
-    """Subcommands contributed by other experiment modules (report, export, compare)."""
-    found = []
-    for module in ("report", "export_cli", "compare"):
-        try:
-            mod = __import__(f"dpp.experiments.{module}", fromlist=["register_cli"])
-        except ModuleNotFoundError as err:
-            if err.name == f"dpp.experiments.{module}":
-                continue
-            raise
-        if hasattr(mod, "register_cli"):
-            found.append(mod.register_cli)
-    return found
+    """Subcommands defined beside their implementation: report, export, compare."""
+    from .compare import register_cli as compare_cli
+    from .export_cli import register_cli as export_cli
+    from .report import register_cli as report_cli
+
+    return [report_cli, export_cli, compare_cli]
 
 
 def main(argv: list[str] | None = None) -> int:

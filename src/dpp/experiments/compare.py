@@ -98,15 +98,26 @@ def load_grid(path: str | Path) -> Grid:
 
     dense_runs: dict[str, RunSpec] = {}
     runs: list[RunSpec] = []
-    for seed in seeds:
+    all_seeds = sorted({*seeds, *(int(x) for m in data["methods"] for x in m.get("seeds", []))})
+    for seed in all_seeds:
         if dense_epochs is not None:
-            cfg = apply_overrides(base, ["method=dense", f"seed={seed}", f"train.epochs={dense_epochs}"])
+            cfg = apply_overrides(
+                base, ["method=dense", f"seed={seed}", f"train.epochs={dense_epochs}"]
+            )
             run_id = f"dense{dense_epochs}ep-s{seed}"
             cfg["name"] = run_id
             dense_runs[str(seed)] = RunSpec(run_id, "-", "dense start", seed, cfg)
-    for setting in data["settings"]:
-        for method in data["methods"]:
-            for seed in seeds:
+    for method in data["methods"]:
+        unknown = sorted(set(method) - {"label", "set", "from_dense", "reference", "seeds"})
+        if unknown:
+            raise ConfigError(
+                f"{path}: method {method.get('label')!r} has unknown key(s) {unknown}; "
+                "valid: label, set, from_dense, reference, seeds"
+            )
+        # A reference method (dense) does not depend on the setting: one run per seed.
+        settings = [{"label": "reference"}] if method.get("reference") else data["settings"]
+        for setting in settings:
+            for seed in [int(x) for x in method.get("seeds", seeds)]:
                 sets = [*setting.get("set", []), *method.get("set", []), f"seed={seed}"]
                 needs = None
                 if method.get("from_dense"):
@@ -124,6 +135,8 @@ def load_grid(path: str | Path) -> Grid:
                 cfg["name"] = run_id
                 RunConfig.from_dict(cfg)  # validate early
                 runs.append(RunSpec(run_id, setting["label"], method["label"], seed, cfg, needs))
+    used = {r.needs for r in runs if r.needs}
+    dense_runs = {seed: spec for seed, spec in dense_runs.items() if spec.run_id in used}
     return Grid(
         name=name,
         output_dir=output_dir,
@@ -144,32 +157,80 @@ def _status(spec: RunSpec, grid: Grid) -> str:
     return "todo"
 
 
-def run_grid(grid: Grid, *, only: str | None = None, quiet: bool = True, max_runs: int | None = None) -> None:
-    """Run every missing run of the grid (resuming partial ones), in order."""
+def _try_lock(run_dir: Path) -> bool:
+    """Claim a run for this process (several ``dpp compare`` workers can share a grid)."""
+    import os
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(lock.read_text() or "0")
+            os.kill(pid, 0)
+            return False  # a live worker has it
+        except (ValueError, ProcessLookupError):
+            lock.unlink(missing_ok=True)  # stale: its worker died
+            return _try_lock(run_dir)
+        except PermissionError:
+            return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(os.getpid()))
+    return True
+
+
+def run_grid(
+    grid: Grid, *, only: str | None = None, quiet: bool = True, max_runs: int | None = None
+) -> None:
+    """Run every missing run of the grid (resuming partial ones).
+
+    Several workers may run the same grid at once: each claims a run with a lock file, and a
+    run that starts from a dense run waits until that one is finished.
+    """
     from .trainer import train
 
     done = 0
-    for spec in grid.runs:
-        if only and not re.search(only, spec.run_id):
-            continue
-        status = _status(spec, grid)
-        if status == "done":
-            continue
-        if max_runs is not None and done >= max_runs:
-            break
-        run_dir = spec.run_dir(grid)
-        t0 = time.perf_counter()
-        print(f"[{time.strftime('%H:%M:%S')}] {spec.run_id} ({status})", flush=True)
-        if status == "partial":
-            train(resume=run_dir, quiet=quiet)
-        else:
-            train(RunConfig.from_dict(spec.config), run_dir=run_dir, quiet=quiet)
-        summary = json.loads((run_dir / "summary.json").read_text())
-        print(
-            f"    test {100 * summary['test_acc']:.2f}%  {time.perf_counter() - t0:.0f}s",
-            flush=True,
-        )
-        done += 1
+    while True:
+        pending = [
+            spec
+            for spec in grid.runs
+            if (not only or re.search(only, spec.run_id)) and _status(spec, grid) != "done"
+        ]
+        if not pending or (max_runs is not None and done >= max_runs):
+            return
+        progressed = False
+        for spec in pending:
+            if max_runs is not None and done >= max_runs:
+                return
+            if spec.needs and _status(grid_spec(grid, spec.needs), grid) != "done":
+                continue
+            run_dir = spec.run_dir(grid)
+            if _status(spec, grid) == "done" or not _try_lock(run_dir):
+                continue
+            try:
+                status = _status(spec, grid)
+                t0 = time.perf_counter()
+                print(f"[{time.strftime('%H:%M:%S')}] {spec.run_id} ({status})", flush=True)
+                if status == "partial":
+                    train(resume=run_dir, quiet=quiet)
+                else:
+                    train(RunConfig.from_dict(spec.config), run_dir=run_dir, quiet=quiet)
+                summary = json.loads((run_dir / "summary.json").read_text())
+                print(
+                    f"    test {100 * summary['test_acc']:.2f}%  {time.perf_counter() - t0:.0f}s",
+                    flush=True,
+                )
+            finally:
+                (run_dir / ".lock").unlink(missing_ok=True)
+            done += 1
+            progressed = True
+        if not progressed:
+            time.sleep(10)  # everything left is claimed by other workers or waits on them
+
+
+def grid_spec(grid: Grid, run_id: str) -> RunSpec:
+    return next(r for r in grid.runs if r.run_id == run_id)
 
 
 def _load_summary(spec: RunSpec, grid: Grid) -> dict[str, Any] | None:
@@ -192,9 +253,11 @@ def results_table(grid: Grid) -> str:
         "| setting | method | test accuracy (%) | seeds | kept weights | compression | s/epoch |",
         "|---|---|---|---|---|---|---|",
     ]
-    for setting in grid.settings:
+    for setting in ["reference", *grid.settings]:
         for method in grid.methods:
             specs = [r for r in grid.runs if r.setting == setting and r.method == method]
+            if not specs:
+                continue
             summaries = [s for s in (_load_summary(r, grid) for r in specs) if s is not None]
             accs = [s["test_acc"] for s in summaries]
             kept = summaries[0]["params_kept"] if summaries else None
@@ -236,4 +299,3 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--out", help="also write the markdown table here")
     p.add_argument("--verbose", "-v", action="store_true", help="per-epoch lines")
     p.set_defaults(func=_cmd_compare)
-

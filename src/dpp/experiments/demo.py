@@ -2,7 +2,7 @@
 
 Trains on Fashion-MNIST when its files are found (``--data-dir``, ``$DPP_DATA``, the user
 cache or the Debian package), otherwise on scikit-learn's 8x8 digits, and says which. The
-last layer (100 -> 10) keeps 30% of its inputs: with only 100 inputs per class, 5 of 100
+last layer (100 -> 10) keeps 50% of its inputs: with only 100 inputs per class, 5 of 100
 would starve the classifier. Ends with a table: parameters dense and kept, per-layer k/n,
 test accuracy and the run directory.
 """
@@ -75,8 +75,8 @@ def run_demo(
         cfg = _with_epochs(cfg, epochs)
     print(f"dpp demo: {note}")
     print(
-        f"dpp demo: LeNet-300-100, DPP weight-level k-of-n, 95% sparsity per neuron in fc1 and fc2, "
-        f"30% kept in fc3; {cfg.train.epochs} epochs"
+        "dpp demo: LeNet-300-100, DPP weight-level k-of-n, 95% sparsity per neuron in fc1 "
+        f"and fc2, 50% kept in fc3; {cfg.train.epochs} epochs"
     )
     result = train(cfg, quiet=quiet)
     print()

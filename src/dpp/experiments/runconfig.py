@@ -97,7 +97,8 @@ class DataSection:
             canonical_name(self.dataset)
         except ValueError:
             raise ConfigError(
-                f"data.dataset = {self.dataset!r} is not valid; choose one of: {', '.join(DATASETS)}"
+                f"data.dataset = {self.dataset!r} is not valid; "
+                f"choose one of: {', '.join(DATASETS)}"
             ) from None
         _positive("data", "val_size", self.val_size, allow_zero=True, integer=True)
         _positive("data", "batch_size", self.batch_size, integer=True)
@@ -117,7 +118,8 @@ class ModelSection:
         key = str(self.name).strip().lower()
         if MODEL_ALIASES.get(key, key) not in MODELS:
             raise ConfigError(
-                f"model.name = {self.name!r} is not valid; choose one of: {', '.join(sorted(MODELS))}"
+                f"model.name = {self.name!r} is not valid; "
+                f"choose one of: {', '.join(sorted(MODELS))}"
             )
 
 

@@ -13,7 +13,6 @@ while DDP keeps weights and logits synchronised; only rank 0 logs and writes fil
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -138,11 +137,16 @@ def _make_optimizer(
     name: str, groups: list[dict[str, Any]], cfg: RunConfig
 ) -> torch.optim.Optimizer:
     t = cfg.train
+    # The fused kernels beat the per-tensor loop on the CPU by a wide margin for small
+    # models (see docs/benchmarks.md); they exist for CPU and CUDA tensors.
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    kwargs: dict[str, Any] = {"lr": t.lr, "fused": fused}
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
+        return torch.optim.SGD(groups, momentum=t.momentum, nesterov=t.nesterov, **kwargs)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr)
-    return torch.optim.Adam(groups, lr=t.lr)
+        return torch.optim.AdamW(groups, **kwargs)
+    return torch.optim.Adam(groups, **kwargs)
 
 
 class _Optimizers:
@@ -215,7 +219,8 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
         ckpt = path / "checkpoint.pt"
         if not ckpt.is_file():
             raise FileNotFoundError(
-                f"run directory {path} has no checkpoint.pt (was it run with log.checkpoint = false?)"
+                f"run directory {path} has no checkpoint.pt "
+                "(was it run with log.checkpoint = false?)"
             )
         return ckpt
     if not path.exists():
@@ -278,7 +283,7 @@ def _params_kept(model: nn.Module, pruner: dpp.Pruner | None) -> tuple[int, int]
     if pruner is None:
         return dense, dense
     removed = 0
-    for name, layer in pruner.layers.items():
+    for layer in pruner.layers.values():
         lay = layer.dpp_layout
         if lay is None:
             continue
@@ -308,7 +313,37 @@ def _log(msg: str, ctx: DistContext, quiet: bool) -> None:
         print(msg, flush=True)
 
 
+
 def train(
+    cfg: RunConfig | None = None,
+    *,
+    resume: str | os.PathLike[str] | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    quiet: bool = False,
+    stop_after_epochs: int | None = None,
+) -> RunResult:
+    """Train one run.
+
+    Args:
+        cfg: the run configuration (ignored with ``resume``: the saved one is used).
+        resume: a run directory or checkpoint to continue from.
+        run_dir: where to write (default: ``<output_dir>/<name>-<timestamp>``).
+        quiet: no progress bars and no per-epoch lines.
+        stop_after_epochs: stop after this many epochs in this call (the run can be
+            resumed later), e.g. to spread a long run over several sessions.
+
+    Returns:
+        :class:`RunResult` with the run directory, the epoch records and the summary.
+    """
+    try:
+        return _train(
+            cfg, resume=resume, run_dir=run_dir, quiet=quiet, stop_after_epochs=stop_after_epochs
+        )
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _train(
     cfg: RunConfig | None = None,
     *,
     resume: str | os.PathLike[str] | None = None,
@@ -340,7 +375,9 @@ def train(
     ctx = _init_distributed(cfg.train.device)
     device = _device(cfg.train.device, ctx)
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals late in training slow CPU epochs 1.2-1.6x
+        # Denormal floats late in training slow CPU epochs down; flushing them is a global
+        # processor setting, switched back off when train() returns.
+        torch.set_flush_denormal(True)
 
     splits = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir, val_size=cfg.data.val_size)
     if splits.train.images.shape[0] == 0:
@@ -415,10 +452,10 @@ def train(
     else:
         _log(f"resuming {out_dir} at epoch {start_epoch + 1}/{cfg.train.epochs}", ctx, quiet)
 
-    epochs_done_here = 0
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if stop_after_epochs is not None and epochs_done_here >= stop_after_epochs:
-            break
+    last_epoch = cfg.train.epochs
+    if stop_after_epochs is not None:
+        last_epoch = min(last_epoch, start_epoch + stop_after_epochs)
+    for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
         loader.set_epoch(epoch)
         method.start_epoch(epoch)
@@ -492,7 +529,6 @@ def train(
         record["train_seconds"] = train_seconds
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
-        epochs_done_here += 1
 
         if ctx.main:
             assert out_dir is not None
@@ -663,11 +699,9 @@ def _finish(
         summary["layers"] = pruner.rows()
     final_model = model
     if pruner is not None:
-        final_model = copy.deepcopy(model)
-        # The copy's layers are the deep copies of the pruner's layers: finalize them
-        # through a pruner that references them.
-        twin = dpp.Pruner(final_model, pruner.config, _twin_layers(final_model, pruner))
+        twin = pruner.copy()
         twin.finalize()
+        final_model = twin.model
         summary["storage"] = _storage(twin)
     elif getattr(method, "finalize", None) is not None:
         final_model = method.finalize()  # type: ignore[attr-defined]
@@ -691,10 +725,6 @@ def _finish(
                 + "\n"
             )
     return summary
-
-
-def _twin_layers(copy_model: nn.Module, pruner: dpp.Pruner) -> dict[str, Any]:
-    return {name: copy_model.get_submodule(name) for name in pruner.layers}
 
 
 def _storage(pruner: dpp.Pruner) -> dict[str, Any]:
@@ -763,13 +793,15 @@ def run_summary_table(summary: dict[str, Any]) -> str:
         lines.append("")
     dense, kept = summary["params_dense"], summary["params_kept"]
     lines.append(
-        f"parameters      {dense:,} dense, {kept:,} kept ({100 * kept / dense:.2f}%, {dense / kept:.1f}x fewer)"
+        f"parameters      {dense:,} dense, {kept:,} kept "
+        f"({100 * kept / dense:.2f}%, {dense / kept:.1f}x fewer)"
     )
     # storage_report(...).to_dict() keeps the ratio under "total"
     compression = (summary.get("storage") or {}).get("total", {}).get("compression_ratio")
     if compression is not None:
         lines.append(
-            f"storage         {compression:.1f}x smaller than dense fp32 (packed k-of-n, indices included)"
+            f"storage         {compression:.1f}x smaller than dense fp32 "
+            "(packed k-of-n, indices included)"
         )
     lines.append(f"test accuracy   {100 * summary['test_acc']:.2f}%")
     if "val_acc" in summary:

@@ -16,7 +16,8 @@ the one measured fastest for the batch size (``benchmarks/bench_kofn.py``, docs/
 ``gather``
     ``x.index_select(-1, indices)`` to ``[B, out, r]``, then ``(... * values).sum(-1)``.
 ``dense``
-    rebuild the masked dense weight and call ``F.linear`` (for large batches at high density).
+    ``F.linear`` with the masked dense weight, rebuilt once and cached (this gives back the
+    memory saving; for large batches at high density).
 
 :func:`convert_kofn` replaces the weight- and block-pruned ``nn.Linear`` layers of a pruned
 model (live, finalized through its Pruner, or a packed file) by :class:`KOfNLinear`.
@@ -42,6 +43,8 @@ from .packed import PackedLayer, load_packed, packed_layer, read_packed
 __all__ = ["METHODS", "KOfNLinear", "convert_kofn", "kofn_columns"]
 
 METHODS = ("auto", "csr", "embedding_bag", "gather", "dense")
+AUTO_CSR_MAX_BATCH = 16
+"""``method="auto"`` uses ``csr`` up to this many rows, ``embedding_bag`` above."""
 
 
 def kofn_columns(layout: GroupLayout, indices: Tensor) -> Tensor:
@@ -204,9 +207,10 @@ class KOfNLinear(nn.Module):
     # ------------------------------------------------------------------ formulations
     def _derived(self, name: str) -> Tensor:
         """Cached helpers (flat indices, offsets, the CSR matrix), rebuilt when buffers move."""
-        # The helpers view the buffers' memory, so in-place updates (load_state_dict) show
-        # through; new buffers (.to(), assignment) have a new data pointer.
-        key = (self.values.data_ptr(), self.values.dtype, self.indices.data_ptr())
+        # New buffers (.to(), assignment) have a new data pointer; in-place updates
+        # (load_state_dict) bump the version counter.
+        v, i = self.values, self.indices
+        key = (v.data_ptr(), v._version, v.dtype, i.data_ptr(), i._version)
         hit = self._cache.get(name)
         if hit is not None and hit[0] == key:
             return hit[1]
@@ -226,22 +230,20 @@ class KOfNLinear(nn.Module):
                     self.values.reshape(-1),
                     (out, self.in_features),
                 )
+        elif name == "dense":
+            value = self.dense_weight()
         else:  # pragma: no cover
             raise KeyError(name)
         self._cache[name] = (key, value)
         return value
 
     def _choose(self, batch: int) -> str:
+        """The formulation for a batch: ``method``, or the measured fastest when ``"auto"``."""
         if self.method != "auto":
             return self.method
-        if not self.values.is_cpu:
-            return "embedding_bag" if batch > 1 else "gather"
-        # From benchmarks/bench_kofn.py on 2 CPU cores (docs/deploy.md).
-        if batch == 1:
-            return "csr"
-        if self.density > 0.3 and batch >= 32:
-            return "dense"
-        return "embedding_bag"
+        # benchmarks/bench_kofn.py (docs/deploy.md): the CSR kernel wins up to a few rows,
+        # embedding_bag (x.T as the table) for larger batches.
+        return "csr" if batch <= AUTO_CSR_MAX_BATCH else "embedding_bag"
 
     def forward(self, input: Tensor) -> Tensor:
         x = input
@@ -274,7 +276,7 @@ class KOfNLinear(nn.Module):
             g = x2.index_select(1, self._derived("flat")).view(batch, out, r)
             y = (g * self.values).sum(-1)
         else:
-            y = F.linear(x2, self.dense_weight())
+            y = F.linear(x2, self._derived("dense"))
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
@@ -302,6 +304,7 @@ def convert_kofn(
     model: nn.Module | None = None,
     *,
     method: str = "auto",
+    max_density: float = 1.0,
 ) -> nn.Module:
     """Replace the weight/block-pruned ``nn.Linear`` layers by :class:`KOfNLinear`.
 
@@ -315,6 +318,11 @@ def convert_kofn(
               plain architecture to load it into (filled and converted in place).
         model: the plain architecture, only with a path.
         method: the :class:`KOfNLinear` method of every converted layer.
+        max_density: convert only layers keeping at most this fraction of their weights;
+            denser ones stay plain ``nn.Linear`` (finalized). Default: convert all. Around
+            50% density the k-of-n layer saves no memory and, in docs/deploy.md, ran at
+            0.7x (1 thread) to 1.5x (2 threads) the speed of dense ``F.linear``; ``0.3`` keeps
+            only the layers where it clearly pays off.
 
     Returns:
         The model for inference (eval mode), computing what the finalized model computes up
@@ -347,6 +355,8 @@ def convert_kofn(
         _check_records(records)
     for name, layer in layers.items():
         if not _eligible(layer.layout, layer.module_type):
+            continue
+        if layer.layout.density > max_density:  # type: ignore[union-attr]
             continue
         module = target.get_submodule(name)
         bias = None if module.bias is None else module.bias.detach()

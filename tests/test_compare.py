@@ -1,0 +1,183 @@
+"""The grid runner (`dpp compare`) and the baseline methods it compares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpp.experiments.baselines import BASELINES, GradualKOfN
+from dpp.experiments.cli import main
+from dpp.experiments.compare import load_grid, results_table, run_grid
+from dpp.experiments.runconfig import ConfigError, RunConfig
+
+BASE = """
+name = "g"
+[data]
+dataset = "digits"
+batch_size = 64
+[model]
+name = "lenet300"
+[train]
+epochs = 2
+logit_lr = 0.01
+[pruning]
+density = 0.1
+noise_scale = 0.3
+overrides = { fc3 = { density = 0.5 } }
+[log]
+progress = "off"
+metrics_samples = 4
+"""
+
+
+def _grid(tmp_path: Path, methods: str) -> Path:
+    (tmp_path / "base.toml").write_text(BASE)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        f"""
+name = "tiny"
+base = "base.toml"
+output_dir = "{tmp_path / "out"}"
+seeds = [0]
+dense_epochs = 1
+[[settings]]
+label = "90%"
+set = ["pruning.density=0.1"]
+[[settings]]
+label = "2:4"
+set = ["pruning.granularity=block", "pruning.block_size=4", "pruning.density=null", "pruning.k=2"]
+{methods}
+"""
+    )
+    return grid
+
+
+METHODS = """
+[[methods]]
+label = "dense"
+reference = true
+set = ["method=dense"]
+[[methods]]
+label = "one-shot"
+from_dense = true
+set = ["method=magnitude_kofn"]
+[[methods]]
+label = "DPP"
+set = ["method=dpp"]
+"""
+
+
+def test_grid_expands_runs_with_dense_starts_and_equal_budgets(tmp_path):
+    """A grid has one reference run per seed, one run per setting x method x seed, and a
+    from-dense method trains epochs - dense_epochs after a dense run of dense_epochs."""
+    grid = load_grid(_grid(tmp_path, METHODS))
+    ids = [r.run_id for r in grid.runs]
+    assert ids[0] == "dense1ep-s0"  # the dense start comes first
+    assert "reference-dense-s0" in ids and "90-one-shot-s0" in ids and "2-4-dpp-s0" in ids
+    assert len(ids) == 1 + 1 + 2 * 2
+    one_shot = next(r for r in grid.runs if r.run_id == "90-one-shot-s0")
+    assert one_shot.needs == "dense1ep-s0"
+    assert RunConfig.from_dict(one_shot.config).train.epochs == 1
+    assert RunConfig.from_dict(grid.runs[0].config).train.epochs == 1
+    dpp_run = next(r for r in grid.runs if r.run_id == "90-dpp-s0")
+    assert RunConfig.from_dict(dpp_run.config).train.epochs == 2
+
+
+def test_grid_runs_resumably_and_tabulates(tmp_path, capsys):
+    """run_grid trains every run once (a second call trains nothing), and the table has a
+    row per setting x method with the accuracy of the finished runs."""
+    path = _grid(tmp_path, METHODS)
+    grid = load_grid(path)
+    run_grid(grid)
+    first = capsys.readouterr().out
+    assert first.count("test ") == len(grid.runs)
+    for spec in grid.runs:
+        assert (spec.run_dir(grid) / "summary.json").is_file()
+        assert not (spec.run_dir(grid) / ".lock").exists()
+    run_grid(load_grid(path))
+    assert capsys.readouterr().out == ""  # nothing left to do
+    table = results_table(grid)
+    summary = json.loads((grid.output_dir / "90-dpp-s0" / "summary.json").read_text())
+    assert f"{100 * summary['test_acc']:.2f}" in table
+    assert table.count("\n") == 2 + 1 + 2 * 2 - 1  # header, rule, reference, 2x2 rows
+
+
+def test_compare_cli_dry_run_lists_status(tmp_path, capsys):
+    """`dpp compare --dry-run` lists every run with its status without training."""
+    assert main(["compare", str(_grid(tmp_path, METHODS)), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6 and all(line.startswith("todo") for line in lines)
+
+
+def test_grid_rejects_unknown_keys(tmp_path):
+    """An unknown key in a grid or one of its methods is a ConfigError listing valid keys."""
+    path = _grid(tmp_path, METHODS + '\n[[methods]]\nlabel = "x"\nsets = []\n')
+    with pytest.raises(ConfigError, match="valid: label, set, from_dense, reference, seeds"):
+        load_grid(path)
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_every_baseline_trains_and_keeps_the_constraint(tmp_path, method):
+    """Each baseline trains on digits, and its final weights keep what the method promises:
+    exactly k of n per neuron for the k-of-n ones, the same total count for the global one."""
+    from dpp.experiments.trainer import train
+
+    (tmp_path / "base.toml").write_text(BASE)
+    dense = train(
+        RunConfig.from_dict({**_load(tmp_path), "method": "dense", "output_dir": str(tmp_path)}),
+        run_dir=tmp_path / "dense",
+        quiet=True,
+    )
+    cfg = {**_load(tmp_path), "method": method, "output_dir": str(tmp_path)}
+    if method.startswith("magnitude"):
+        cfg["train"] = {**cfg["train"], "init_from": str(dense.run_dir)}
+    result = train(RunConfig.from_dict(cfg), run_dir=tmp_path / method, quiet=True)
+    if method != "magnitude_global":  # global pruning of a 2-epoch model may empty fc2
+        assert result.summary["test_acc"] > 0.3
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / method / "model.safetensors"))
+    nonzero = {name: int((state[f"{name}.weight"] != 0).sum()) for name in ("fc1", "fc2", "fc3")}
+    if method == "magnitude_global":
+        assert sum(nonzero.values()) <= 300 * 6 + 100 * 30 + 10 * 50
+    else:
+        rows = (state["fc1.weight"] != 0).sum(1)
+        assert int(rows.max()) <= 6  # k = round(0.1 * 64) per neuron (a kept weight may be 0)
+        assert result.summary["params_kept"] < result.summary["params_dense"]
+
+
+def test_gradual_schedule_is_cubic_and_ends_at_k():
+    """The gradual method's k follows d + (1-d)(1-p)^3: n before begin, k from end on."""
+    from dpp.granularity import GroupLayout
+
+    lay = GroupLayout.for_weight((4, 100), "weight", density=0.1, is_conv=False)
+    method = GradualKOfN.__new__(GradualKOfN)
+    method.begin_step, method.end_step = 10, 110
+    assert method.k_at(lay, 0) == 100 and method.k_at(lay, 10) == 100
+    assert method.k_at(lay, 110) == 10 and method.k_at(lay, 500) == 10
+    mid = method.k_at(lay, 60)  # p = 0.5: d = 0.1 + 0.9 / 8
+    assert mid == pytest.approx(100 * (0.1 + 0.9 * 0.125), abs=1)
+
+
+def test_srste_gradient_is_dense_plus_decay():
+    """SR-STE passes the full gradient to every weight and adds decay * W on pruned ones."""
+    from dpp.experiments.baselines import SRSTEMask
+    from dpp.granularity import GroupLayout
+
+    lay = GroupLayout.for_weight((2, 4), "block", block_size=4, k=2, is_conv=False)
+    source = SRSTEMask(lay, decay=0.5)
+    w = torch.tensor([[4.0, -3.0, 0.5, 0.1], [1.0, 2.0, -5.0, 0.2]], requires_grad=True)
+    kept = lay.expand(source.sample(w))
+    assert kept.tolist() == [[1, 1, 0, 0], [0, 1, 1, 0]]
+    source.masked_weight(w, kept).sum().backward()
+    expected = torch.ones_like(w) + 0.5 * (1 - kept) * w.detach()
+    assert torch.equal(w.grad, expected)
+
+
+def _load(tmp_path: Path) -> dict:
+    from dpp.experiments.runconfig import load_config_file
+
+    return load_config_file(tmp_path / "base.toml")
