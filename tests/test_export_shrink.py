@@ -144,8 +144,7 @@ def test_identical_coupled_masks_remove_all_their_channels():
 
 @needs_tp
 def test_bn_shift_into_padded_conv_is_kept_unless_inexact_allowed():
-    """A pruned channel whose BN output is a nonzero constant entering a padded conv is kept
-    (exact=True) or removed with its constant folded into the bias (exact=False)."""
+    """A nonzero BN constant into a padded conv is kept (exact) or folded (exact=False)."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)
@@ -258,3 +257,37 @@ def test_shrink_needs_masks():
     model = nn.Sequential(nn.Linear(4, 4))
     with pytest.raises(ValueError, match="Pruner"):
         shrink(model, torch.randn(1, 4))
+
+
+class CatNet(nn.Module):
+    """Two filter-pruned branches concatenated into one conv: index maps through torch.cat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bna = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(3, 6, 1)
+        self.bnb = nn.BatchNorm2d(6)
+        self.c = nn.Conv2d(14, 10, 3, padding=1)
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.bna(self.a(x))), torch.relu(self.bnb(self.b(x)))], 1)
+        return self.fc(torch.relu(self.c(y)).mean((2, 3)))
+
+
+@needs_tp
+@pytest.mark.parametrize("seed", [0, 2])
+def test_concatenated_branches_shrink_exactly(seed):
+    """Channels of concatenated branches are removed at the right offsets of the consumer."""
+    torch.manual_seed(seed)
+    model = CatNet()
+    randomize_bn(model, seed)
+    pruner = dpp.prune(model, granularity="filter", density=0.5, exclude=["fc"])
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    small, report = shrink(pruner, x, report=True)
+    assert small.c.in_channels == small.a.out_channels + small.b.out_channels < 14
+    assert report.removed > 0
+    pruner.finalize()
+    assert_equal_outputs(small, model, x)

@@ -114,6 +114,11 @@ class DPPConfig:
         temperature: the relaxation temperature ``tau``: a number (constant) or a
             :class:`~dpp.Schedule` (or its dict), advanced by ``Pruner.step()``.
         noise_scale: the Gumbel noise multiplier ``beta``: a number or a schedule.
+        sparsity_ramp: ``None`` (the target k from the first step), or a schedule of the
+            fraction of the target sparsity reached, from 0 (dense) to 1, e.g.
+            ``Schedule("cubic", 0.0, 1.0, steps=S)``: every learned layer keeps
+            ``ceil(n - r (n - k))`` candidates per group at ramp value ``r`` (gradual
+            pruning with learned masks). ``finalize()`` always uses the target k.
         logit_init_std: standard deviation of the logits' initialisation.
         logit_init: ``"normal"`` (``N(0, logit_init_std^2)``) or ``"magnitude"`` (the
             weights' magnitudes z-scored per group times ``logit_init_std``: the first masks
@@ -139,6 +144,7 @@ class DPPConfig:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     temperature: Schedule = field(default_factory=lambda: Schedule("constant", 1.0))
     noise_scale: Schedule = field(default_factory=lambda: Schedule("constant", 1.0))
+    sparsity_ramp: Schedule | None = None
     logit_init_std: float = 0.5
     logit_init: str = "normal"
     entropy_weight: float = 0.0
@@ -149,6 +155,8 @@ class DPPConfig:
     def __post_init__(self) -> None:
         self.temperature = Schedule.coerce(self.temperature, "temperature")
         self.noise_scale = Schedule.coerce(self.noise_scale, "noise_scale")
+        if self.sparsity_ramp is not None:
+            self.sparsity_ramp = Schedule.coerce(self.sparsity_ramp, "sparsity_ramp")
         if isinstance(self.include, str):
             self.include = [self.include]
         if isinstance(self.exclude, str):
@@ -183,6 +191,14 @@ class DPPConfig:
             for value in (sched.start, sched.end if sched.end is not None else sched.start):
                 if not ok(value):
                     raise ValueError(f"{name} must stay {bound}; the schedule reaches {value}")
+        ramp = self.sparsity_ramp
+        if ramp is not None:
+            for value in (ramp.start, ramp.end if ramp.end is not None else ramp.start):
+                if not 0 <= value <= 1:
+                    raise ValueError(
+                        f"sparsity_ramp values are fractions of the target sparsity, in [0, 1]; "
+                        f"the schedule reaches {value}"
+                    )
         if self.logit_init not in LOGIT_INITS:
             raise ValueError(
                 f"logit_init must be one of {', '.join(LOGIT_INITS)}, got {self.logit_init!r}"

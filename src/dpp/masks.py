@@ -67,7 +67,8 @@ class MaskSource(nn.Module):
 class DPPMask(MaskSource):
     """Learned k-of-n mask: logits ``[num_groups, n]``, Gumbel top-k with a relaxed gradient.
 
-    ``tau`` and ``noise_scale`` are set by the :class:`~dpp.Pruner` at every ``step()``.
+    ``tau``, ``noise_scale`` and ``current_k`` (the target ``layout.k``, or more while a
+    sparsity ramp is under way) are set by the :class:`~dpp.Pruner` at every ``step()``.
 
     Args:
         layout: the layer's group layout.
@@ -97,7 +98,13 @@ class DPPMask(MaskSource):
         self.tau = 1.0
         self.noise_scale = 1.0
         self.generator: torch.Generator | None = None
-        self._eval_cache: tuple[Tensor, Tensor] | None = None
+        # The k of this step: layout.k, or more while a sparsity ramp is under way.
+        self.current_k = layout.k
+        self._eval_cache: tuple[Tensor, int, Tensor] | None = None
+
+    @property
+    def k(self) -> int:
+        return self.current_k
 
     def sample(self, weight: Tensor) -> Tensor:
         return gumbel_topk(
@@ -116,10 +123,11 @@ class DPPMask(MaskSource):
             cache is None
             or cache[0].device != logits.device
             or cache[0].dtype != logits.dtype
+            or cache[1] != self.k
             or not torch.equal(cache[0], logits)
         ):
-            self._eval_cache = (logits.clone(), topk_mask(logits, self.k))
-        return self._eval_cache[1]
+            self._eval_cache = (logits.clone(), self.k, topk_mask(logits, self.k))
+        return self._eval_cache[2]
 
     def __getstate__(self):
         state = super().__getstate__()

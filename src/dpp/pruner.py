@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -120,9 +121,12 @@ class Pruner:
             raise ValueError(f"the temperature schedule reached {tau}; it must stay > 0")
         if not beta >= 0:
             raise ValueError(f"the noise-scale schedule reached {beta}; it must stay >= 0")
+        ramp = self.ramp
         for _, source in self._sources():
             source.tau = tau
             source.noise_scale = beta
+            lay = source.layout
+            source.current_k = lay.k if ramp >= 1 else math.ceil(lay.n - ramp * (lay.n - lay.k))
 
     # ------------------------------------------------------------------ schedules
     @property
@@ -134,6 +138,12 @@ class Pruner:
     def temperature(self) -> float:
         """The relaxation temperature at the current step."""
         return self.config.temperature.value(self._step)
+
+    @property
+    def ramp(self) -> float:
+        """Fraction of the target sparsity reached (1 without a ``sparsity_ramp``)."""
+        ramp = self.config.sparsity_ramp
+        return 1.0 if ramp is None else ramp.value(self._step)
 
     @property
     def noise_scale(self) -> float:
@@ -392,6 +402,8 @@ class Pruner:
             ``{layer name: FinalizedLayer}`` with masks, codes and scales.
         """
         self._check_live("finalize")
+        for _, source in self._sources():  # the target k, even if a ramp is unfinished
+            source.current_k = source.layout.k
         names = _module_names(self.model)
         records: dict[str, FinalizedLayer] = {}
         for name, layer in self.layers.items():

@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["SCHEDULE_KINDS", "Schedule"]
 
-SCHEDULE_KINDS = ("constant", "linear", "exponential", "cosine")
+SCHEDULE_KINDS = ("constant", "linear", "exponential", "cosine", "cubic")
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,9 @@ class Schedule:
 
     Args:
         kind: ``"constant"``, ``"linear"``, ``"exponential"`` (geometric; ``start`` and
-            ``end`` must be > 0) or ``"cosine"`` (half cosine).
+            ``end`` must be > 0), ``"cosine"`` (half cosine) or ``"cubic"``
+            (``end + (start - end) (1 - t)^3``: fast first, slow at the end, the gradual
+            pruning schedule of Zhu & Gupta 2017).
         start: value at step 0.
         end: final value; required unless ``kind == "constant"``.
         steps: number of steps from ``start`` to ``end``; required unless constant.
@@ -71,6 +73,8 @@ class Schedule:
             return float(self.start + (self.end - self.start) * t)
         if self.kind == "exponential":
             return float(self.start * (self.end / self.start) ** t)
+        if self.kind == "cubic":
+            return float(self.end + (self.start - self.end) * (1.0 - t) ** 3)
         return float(self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
     def to_dict(self) -> dict[str, Any]:

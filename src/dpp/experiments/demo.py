@@ -50,7 +50,7 @@ def _with_epochs(cfg: RunConfig, epochs: int) -> RunConfig:
     data = cfg.to_dict()
     scale = epochs / data["train"]["epochs"]
     data["train"]["epochs"] = epochs
-    for key in ("temperature", "noise_scale"):
+    for key in ("temperature", "noise_scale", "sparsity_ramp"):
         sched = data["pruning"].get(key)
         if isinstance(sched, dict):
             for field in ("epochs", "delay_epochs"):

@@ -89,6 +89,8 @@ class DPPMethod(TrainingMethod):
     def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int) -> None:
         super().__init__(model, cfg, steps_per_epoch)
         self.pruner = dpp.prune(model, cfg.dpp_config(steps_per_epoch))
+        # With a sparsity ramp the masks start dense: no rescaling for a sparse fan-in.
+        self.sparse_from_start = self.pruner.config.sparsity_ramp is None
 
     def param_groups(
         self, *, logit_lr: float | None = None, **options: Any
@@ -117,7 +119,10 @@ class DPPMethod(TrainingMethod):
 
     def describe(self) -> dict[str, Any]:
         assert self.pruner is not None
-        return {"temperature": self.pruner.temperature, "noise_scale": self.pruner.noise_scale}
+        out = {"temperature": self.pruner.temperature, "noise_scale": self.pruner.noise_scale}
+        if self.pruner.config.sparsity_ramp is not None:
+            out["sparsity_ramp"] = self.pruner.ramp
+        return out
 
 
 def create_method(cfg: RunConfig, model: nn.Module, steps_per_epoch: int) -> TrainingMethod:

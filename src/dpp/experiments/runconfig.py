@@ -255,7 +255,7 @@ class RunConfig:
         import dpp
 
         pruning = copy.deepcopy(self.pruning)
-        for key in ("temperature", "noise_scale"):
+        for key in ("temperature", "noise_scale", "sparsity_ramp"):
             value = pruning.get(key)
             if isinstance(value, dict):
                 value = dict(value)

@@ -280,7 +280,9 @@ def shrink(
 
     graph = tp.DependencyGraph().build_dependency(work, example_inputs=inputs)
     work.eval()
-    for group in list(graph.get_all_groups(root_module_types=_WEIGHTED)):
+    # Lazily: each group is traced after the previous ones were pruned, so its indices are
+    # those of the current shapes (in_map and keep follow them).
+    for group in graph.get_all_groups(root_module_types=_WEIGHTED):
         _shrink_group(graph, group, keep, ranges, in_map, names, exact, out_report)
 
     work.eval()
