@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dpp.experiments.runconfig import apply_overrides, load_config_file, RunConfig
+from dpp.experiments.runconfig import RunConfig, apply_overrides, load_config_file
 from dpp.experiments.trainer import train
 
 METHODS = {
@@ -48,12 +48,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     base = apply_overrides(
         load_config_file(args.config),
-        ["train.epochs=1", "log.progress=off", "log.mask_metrics=false", "log.checkpoint=true",
-         *args.set],
+        [
+            "train.epochs=1",
+            "log.progress=off",
+            "log.mask_metrics=false",
+            "log.checkpoint=true",
+            *args.set,
+        ],
     )
     tmp = Path(tempfile.mkdtemp(prefix="dpp-bench-"))
     dense_dir = tmp / "dense-start"
-    train(RunConfig.from_dict(apply_overrides(base, ["method=dense"])), run_dir=dense_dir, quiet=True)
+    train(
+        RunConfig.from_dict(apply_overrides(base, ["method=dense"])), run_dir=dense_dir, quiet=True
+    )
 
     times: dict[str, list[float]] = {name: [] for name in METHODS}
     metrics: list[float] = []
@@ -70,10 +77,12 @@ def main() -> None:
 
     dense = statistics.median(times["dense"])
     print()
-    print(f"{RunConfig.from_dict(base).model.name}, {RunConfig.from_dict(base).data.dataset}, "
-          f"batch {RunConfig.from_dict(base).data.batch_size}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.machine()}; "
-          f"median of {args.rounds} rounds, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"{RunConfig.from_dict(base).model.name}, {RunConfig.from_dict(base).data.dataset}, "
+        f"batch {RunConfig.from_dict(base).data.batch_size}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.machine()}; "
+        f"median of {args.rounds} rounds, {time.strftime('%Y-%m-%d')}"
+    )
     print()
     print("| method | s/epoch (training loop) | relative to dense |")
     print("|---|---|---|")
@@ -84,8 +93,10 @@ def main() -> None:
         print(f"| {name} | {med:.2f} | {med / dense:.2f}x |")
     if metrics:
         print()
-        print(f"mask metrics (confidence, diversity; 64 draws per layer): "
-              f"{statistics.median(metrics):.2f}s per epoch on top of training")
+        print(
+            f"mask metrics (confidence, diversity; 64 draws per layer): "
+            f"{statistics.median(metrics):.2f}s per epoch on top of training"
+        )
 
 
 if __name__ == "__main__":

@@ -293,6 +293,23 @@ class Pruner:
             "model": pruned / all_weights if all_weights else 0.0,
         }
 
+    def parameter_counts(self) -> tuple[int, int]:
+        """``(dense, kept)``: the model's parameters without pruning (logits not counted), and
+        those left once the masks are applied (pruned weights, and at filter level their bias
+        entries, removed)."""
+        self._check_live("parameter_counts")
+        logits = {id(p) for p in self.logits()}
+        dense = sum(p.numel() for p in self.model.parameters() if id(p) not in logits)
+        removed = 0
+        for layer in self.layers.values():
+            lay = layer.dpp_layout
+            if lay is None:
+                continue
+            removed += layer.weight.numel() - layer.weight.numel() * lay.k // lay.n
+            if lay.prunes_bias and layer.bias is not None:
+                removed += layer.bias.numel() - lay.k
+        return dense, dense - removed
+
     # ------------------------------------------------------------------ report
     def rows(self) -> list[dict[str, Any]]:
         """One dict per touched layer: name, type, granularity, groups, n, k, density, bits,

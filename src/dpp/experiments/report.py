@@ -293,7 +293,11 @@ def _mask_data(run: ReportRun, samples: int, seed: int) -> MaskData:
     pruner = loaded.pruner
     model = loaded.model
     if run.params is None:
-        run.params = _params_kept(model, pruner)
+        run.params = (
+            pruner.parameter_counts()
+            if pruner is not None
+            else (sum(p.numel() for p in model.parameters()),) * 2
+        )
     if pruner is None:
         return MaskData([], None, None)
     try:
@@ -352,21 +356,6 @@ def _mask_data(run: ReportRun, samples: int, seed: int) -> MaskData:
                 )
             )
     return MaskData(layers, input_shape, first if first in pruner.layers else None)
-
-
-def _params_kept(model: Any, pruner: Any) -> tuple[int, int]:
-    """(dense parameters, parameters kept), logits not counted; as the trainer's summary."""
-    logits = {id(p) for p in pruner.logits()} if pruner is not None else set()
-    dense = sum(p.numel() for p in model.parameters() if id(p) not in logits)
-    removed = 0
-    for layer in pruner.layers.values() if pruner is not None else []:
-        lay = layer.dpp_layout
-        if lay is None:
-            continue
-        removed += layer.weight.numel() - layer.weight.numel() * lay.k // lay.n
-        if lay.prunes_bias and layer.bias is not None:
-            removed += layer.bias.numel() - lay.k
-    return dense, dense - removed
 
 
 # ----------------------------------------------------------------------------- figures

@@ -276,23 +276,6 @@ def _steps_per_epoch(n_train: int, batch_size: int, world_size: int) -> int:
     return math.ceil(per_rank / batch_size)
 
 
-def _params_kept(model: nn.Module, pruner: dpp.Pruner | None) -> tuple[int, int]:
-    """(parameters of the dense model, parameters left after pruning); logits not counted."""
-    logits = {id(p) for p in pruner.logits()} if pruner is not None else set()
-    dense = sum(p.numel() for p in model.parameters() if id(p) not in logits)
-    if pruner is None:
-        return dense, dense
-    removed = 0
-    for layer in pruner.layers.values():
-        lay = layer.dpp_layout
-        if lay is None:
-            continue
-        removed += layer.weight.numel() - layer.weight.numel() * lay.k // lay.n
-        if lay.prunes_bias and layer.bias is not None:
-            removed += layer.bias.numel() - lay.k
-    return dense, dense - removed
-
-
 # ----------------------------------------------------------------------------- results
 @dataclass
 class RunResult:
@@ -311,7 +294,6 @@ class RunResult:
 def _log(msg: str, ctx: DistContext, quiet: bool) -> None:
     if ctx.main and not quiet:
         print(msg, flush=True)
-
 
 
 def train(
@@ -678,7 +660,12 @@ def _finish(
 ) -> dict[str, Any]:
     pruner = method.pruner
     last = history[-1]
-    dense, kept = method.count_parameters() or _params_kept(model, pruner)
+    counts = method.count_parameters()
+    if counts is None and pruner is not None:
+        counts = pruner.parameter_counts()
+    if counts is None:
+        counts = (sum(p.numel() for p in model.parameters()),) * 2
+    dense, kept = counts
     summary: dict[str, Any] = {
         "name": cfg.name,
         "method": cfg.method,
