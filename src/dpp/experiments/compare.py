@@ -108,14 +108,24 @@ def load_grid(path: str | Path) -> Grid:
             cfg["name"] = run_id
             dense_runs[str(seed)] = RunSpec(run_id, "-", "dense start", seed, cfg)
     for method in data["methods"]:
-        unknown = sorted(set(method) - {"label", "set", "from_dense", "reference", "seeds"})
+        valid = ("label", "set", "from_dense", "reference", "seeds", "settings")
+        unknown = sorted(set(method) - set(valid))
         if unknown:
             raise ConfigError(
                 f"{path}: method {method.get('label')!r} has unknown key(s) {unknown}; "
-                "valid: label, set, from_dense, reference, seeds"
+                f"valid: {', '.join(valid)}"
             )
         # A reference method (dense) does not depend on the setting: one run per seed.
         settings = [{"label": "reference"}] if method.get("reference") else data["settings"]
+        if "settings" in method:  # only some of the settings
+            labels = [s["label"] for s in data["settings"]]
+            missing = sorted(set(method["settings"]) - set(labels))
+            if missing:
+                raise ConfigError(
+                    f"{path}: method {method['label']!r} names unknown settings {missing}; "
+                    f"the grid's settings: {', '.join(labels)}"
+                )
+            settings = [s for s in settings if s["label"] in method["settings"]]
         for setting in settings:
             for seed in [int(x) for x in method.get("seeds", seeds)]:
                 sets = [*setting.get("set", []), *method.get("set", []), f"seed={seed}"]
