@@ -115,7 +115,8 @@ def test_compare_cli_dry_run_lists_status(tmp_path, capsys):
 def test_grid_rejects_unknown_keys(tmp_path):
     """An unknown key in a grid or one of its methods is a ConfigError listing valid keys."""
     path = _grid(tmp_path, METHODS + '\n[[methods]]\nlabel = "x"\nsets = []\n')
-    with pytest.raises(ConfigError, match="valid: label, set, from_dense, reference, seeds, settings"):
+    valid = "valid: label, set, from_dense, reference, seeds, settings"
+    with pytest.raises(ConfigError, match=valid):
         load_grid(path)
 
 

@@ -13,6 +13,7 @@ while DDP keeps weights and logits synchronised; only rank 0 logs and writes fil
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -296,6 +297,21 @@ def _log(msg: str, ctx: DistContext, quiet: bool) -> None:
         print(msg, flush=True)
 
 
+def _flush_denormal_while(fn):
+    """Switch the CPU's flush-denormal mode back off when ``fn`` returns or raises: it is a
+    global processor setting that train() turns on for speed."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_flush_denormal(False)
+
+    return wrapper
+
+
+@_flush_denormal_while
 def train(
     cfg: RunConfig | None = None,
     *,
@@ -316,35 +332,8 @@ def train(
 
     Returns:
         :class:`RunResult` with the run directory, the epoch records and the summary.
-    """
-    try:
-        return _train(
-            cfg, resume=resume, run_dir=run_dir, quiet=quiet, stop_after_epochs=stop_after_epochs
-        )
-    finally:
-        torch.set_flush_denormal(False)
 
-
-def _train(
-    cfg: RunConfig | None = None,
-    *,
-    resume: str | os.PathLike[str] | None = None,
-    run_dir: str | os.PathLike[str] | None = None,
-    quiet: bool = False,
-    stop_after_epochs: int | None = None,
-) -> RunResult:
-    """Train one run.
-
-    Args:
-        cfg: the run configuration (ignored with ``resume``: the saved one is used).
-        resume: a run directory or checkpoint to continue from.
-        run_dir: where to write (default: ``<output_dir>/<name>-<timestamp>``).
-        quiet: no progress bars and no per-epoch lines.
-        stop_after_epochs: stop after this many epochs in this call (the run can be
-            resumed later), e.g. to spread a long run over several sessions.
-
-    Returns:
-        :class:`RunResult` with the run directory, the epoch records and the summary.
+    Seeds torch's global RNG (from ``cfg.seed`` and the rank) for the masks' noise.
     """
     checkpoint = None
     if resume is not None:
