@@ -1,0 +1,274 @@
+"""Print the markdown tables of docs/results.md and docs/comparison.md from the grid results.
+
+Reads ``results/<grid>/<run>/summary.json`` (written by ``dpp compare``; the run directories'
+``config.yaml``, ``metrics.jsonl`` and ``summary.json`` are committed) and prints:
+
+- ``dense-vs-dpp``: dense against DPP at 90/95/98% for LeNet-300-100 and LeNet-5;
+- ``quantization``: DPP at 95% with 32, 8, 4, 3, 2 bits and binary, accuracy and compression;
+- ``comparison``: every method of the comparison grids;
+- ``binary``: DPP against one-shot magnitude k-of-n with binary weights;
+- ``tuning``: the knobs of the tuning grid;
+- ``mask-metrics``: confidence and diversity over epochs of the DPP 95% LeNet-300-100 runs.
+
+Usage:
+    python scripts/results_tables.py [TABLE ...]
+    python scripts/results_tables.py --update-docs   # rewrite the table blocks of the docs
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+
+
+def _summaries(grid: str, prefix: str) -> list[dict]:
+    pattern = re.compile(rf"{re.escape(prefix)}-s\d+")
+    out = []
+    for path in sorted((RESULTS / grid).glob("*/summary.json")):
+        if pattern.fullmatch(path.parent.name):
+            out.append(json.loads(path.read_text()))
+    return out
+
+
+def _acc(summaries: list[dict]) -> str:
+    accs = [100 * s["test_acc"] for s in summaries]
+    if not accs:
+        return "(not run)"
+    if len(accs) == 1:
+        return f"{accs[0]:.2f} (1 seed)"
+    return f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+
+
+def _mean(summaries: list[dict]) -> float | None:
+    return statistics.fmean(100 * s["test_acc"] for s in summaries) if summaries else None
+
+
+def _compression(summaries: list[dict]) -> str:
+    if not summaries or not summaries[0].get("storage"):
+        return "-"
+    return f"{summaries[0]['storage']['total']['compression_ratio']:.1f}x"
+
+
+def _kept(summaries: list[dict]) -> str:
+    if not summaries:
+        return "-"
+    s = summaries[0]
+    return f"{s['params_kept']:,} / {s['params_dense']:,}"
+
+
+def dense_vs_dpp() -> str:
+    rows = [
+        "| model | method | sparsity per neuron | test accuracy (%) | vs dense | parameters kept "
+        "| epochs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for grid, model, epochs in (
+        ("lenet300-fmnist", "LeNet-300-100", 20),
+        ("lenet5-fmnist", "LeNet-5-Caffe", 10),
+    ):
+        dense = _summaries(grid, "reference-dense")
+        rows.append(f"| {model} | dense | 0% | {_acc(dense)} | - | {_kept(dense)} | {epochs} |")
+        for pct in ("90", "95", "98"):
+            for label, slug in (("DPP", "dpp"), ("DPP, sparsity ramp", "dpp-sparsity-ramp")):
+                runs = _summaries(grid, f"{pct}-{slug}")
+                if not runs:
+                    continue
+                delta = _mean(runs) - _mean(dense) if dense else None
+                rows.append(
+                    f"| {model} | {label} | {pct}% | {_acc(runs)} "
+                    f"| {f'{delta:+.2f}' if delta is not None else '-'} | {_kept(runs)} "
+                    f"| {epochs} |"
+                )
+    return "\n".join(rows)
+
+
+def quantization() -> str:
+    rows = [
+        "| model | weights | test accuracy (%) | vs dense | compression vs dense fp32 |",
+        "|---|---|---|---|---|",
+    ]
+    for model, cmp_grid, q_grid in (
+        ("LeNet-300-100", "lenet300-fmnist", "quant-lenet300-fmnist"),
+        ("LeNet-5-Caffe", "lenet5-fmnist", "quant-lenet5-fmnist"),
+    ):
+        dense = _summaries(cmp_grid, "reference-dense")
+        settings = [("float (32)", cmp_grid, "95-dpp")] + [
+            (label, q_grid, f"{slug}-dpp")
+            for label, slug in (
+                ("8-bit", "8-bit"),
+                ("4-bit", "4-bit"),
+                ("3-bit", "3-bit"),
+                ("2-bit", "2-bit"),
+                ("binary", "binary"),
+                ("4-bit, fc1 97%", "4-bit-fc1-97"),
+                ("4-bit, fc1 98%", "4-bit-fc1-98"),
+            )
+        ]
+        rows.append(f"| {model} | dense fp32 | {_acc(dense)} | - | 1.0x |")
+        for label, grid, prefix in settings:
+            runs = _summaries(grid, prefix)
+            if not runs:
+                continue
+            delta = _mean(runs) - _mean(dense) if dense else None
+            rows.append(
+                f"| {model} | {label} | {_acc(runs)} "
+                f"| {f'{delta:+.2f}' if delta is not None else '-'} | {_compression(runs)} |"
+            )
+    return "\n".join(rows)
+
+
+def _grid_table(grid: str, settings: list[str], methods: list[tuple[str, str]]) -> str:
+    rows = [
+        "| setting | method | test accuracy (%) | kept weights / params | storage |",
+        "|---|---|---|---|---|",
+    ]
+    dense = _summaries(grid, "reference-dense")
+    if dense:
+        rows.append(f"| - | dense | {_acc(dense)} | {_kept(dense)} | 1.0x |")
+    for setting in settings:
+        for label, slug in methods:
+            runs = _summaries(grid, f"{setting}-{slug}")
+            if runs:
+                rows.append(
+                    f"| {setting.replace('-', ':')}{'%' if setting.isdigit() else ''} | {label} "
+                    f"| {_acc(runs)} | {_kept(runs)} | {_compression(runs)} |"
+                )
+    return "\n".join(rows)
+
+
+METHODS = [
+    ("global magnitude, unstructured (b)", "global-magnitude-unstructured-ft"),
+    ("one-shot magnitude k-of-n + FT (c)", "one-shot-magnitude-k-of-n-ft"),
+    ("gradual magnitude k-of-n (d)", "gradual-magnitude-k-of-n"),
+    ("SR-STE (e)", "sr-ste"),
+    ("random fixed k-of-n (f)", "random-fixed-k-of-n"),
+    ("DPP from scratch (g)", "dpp"),
+    ("DPP from dense (g)", "dpp-from-dense"),
+    ("DPP, sparsity ramp", "dpp-sparsity-ramp"),
+]
+
+
+def comparison() -> str:
+    return (
+        "LeNet-300-100 (20 epochs, 3 seeds):\n\n"
+        + _grid_table("lenet300-fmnist", ["90", "95", "98", "2-4"], METHODS)
+        + "\n\nLeNet-5-Caffe (10 epochs, 1 seed; dense and DPP from scratch 3 seeds):\n\n"
+        + _grid_table("lenet5-fmnist", ["90", "95", "98"], METHODS)
+    )
+
+
+def binary() -> str:
+    return (
+        _grid_table(
+            "lenet300-fmnist-binary",
+            ["90-binary", "95-binary", "98-binary"],
+            [
+                ("one-shot magnitude k-of-n + FT, binary", "one-shot-magnitude-k-of-n-ft"),
+                ("DPP, binary", "dpp"),
+            ],
+        )
+        .replace("90:binary", "90% binary")
+        .replace("95:binary", "95% binary")
+        .replace("98:binary", "98% binary")
+    )
+
+
+def tuning() -> str:
+    from dpp.experiments.compare import load_grid
+
+    grid = load_grid(ROOT / "configs" / "grids" / "tune_dpp.toml")
+    rows = ["| knob changed (LeNet-300-100, 10 epochs, seed 0) | 95% | 98% |", "|---|---|---|"]
+    for method in grid.methods:
+        cells = []
+        for setting in ("95%", "98%"):
+            spec = next(r for r in grid.runs if r.method == method and r.setting == setting)
+            path = RESULTS / "tune-dpp" / spec.run_id / "summary.json"
+            acc = json.loads(path.read_text())["test_acc"] if path.is_file() else None
+            cells.append(f"{100 * acc:.2f}" if acc is not None else "(not run)")
+        rows.append(f"| {method} | {cells[0]} | {cells[1]} |")
+    return "\n".join(rows)
+
+
+def mask_metrics() -> str:
+    rows = [
+        "| epoch | fc1 conf. | fc2 conf. | fc3 conf. | fc1 div. | fc2 div. | fc3 div. "
+        "| test acc. (%) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    runs = sorted(
+        p
+        for p in (RESULTS / "lenet300-fmnist").glob("*/metrics.jsonl")
+        if re.fullmatch(r"95-dpp-s\d+", p.parent.name)
+    )
+    records = [[json.loads(line) for line in path.read_text().splitlines()] for path in runs]
+    records = [[r for r in rs if r.get("event") == "epoch"] for rs in records]
+    if not records:
+        return "(not run)"
+    for epoch in (1, 2, 5, 10, 15, 20):
+        per_run = [rs[epoch - 1] for rs in records if len(rs) >= epoch]
+        if not per_run:
+            continue
+
+        def mean(layer: str, key: str, per_run: list = per_run) -> str:
+            values = [r["mask_metrics"]["layers"][layer][key] for r in per_run]
+            return f"{statistics.fmean(values):.3f}"
+
+        acc = statistics.fmean(100 * r["test_acc"] for r in per_run)
+        rows.append(
+            f"| {epoch} | {mean('fc1', 'confidence')} | {mean('fc2', 'confidence')} "
+            f"| {mean('fc3', 'confidence')} | {mean('fc1', 'diversity')} "
+            f"| {mean('fc2', 'diversity')} | {mean('fc3', 'diversity')} | {acc:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+TABLES = {
+    "dense-vs-dpp": dense_vs_dpp,
+    "quantization": quantization,
+    "comparison": comparison,
+    "binary": binary,
+    "tuning": tuning,
+    "mask-metrics": mask_metrics,
+}
+
+
+DOCS = (ROOT / "docs" / "results.md", ROOT / "docs" / "comparison.md", ROOT / "README.md")
+BLOCK = re.compile(
+    r"(<!-- python scripts/results_tables.py ([a-z-]+) -->\n)(.*?)(<!-- end of table -->)",
+    flags=re.S,
+)
+
+
+def update_docs() -> None:
+    """Regenerate every table block of the docs in place."""
+    for doc in DOCS:
+        if not doc.exists():
+            continue
+        text = doc.read_text()
+        new = BLOCK.sub(lambda m: m.group(1) + TABLES[m.group(2)]() + "\n" + m.group(4), text)
+        if new != text:
+            doc.write_text(new)
+            print(f"updated {doc.relative_to(ROOT)}")
+
+
+def main(argv: list[str]) -> None:
+    if argv == ["--update-docs"]:
+        update_docs()
+        return
+    names = argv or list(TABLES)
+    for name in names:
+        if name not in TABLES:
+            raise SystemExit(f"unknown table {name!r}; valid: {', '.join(TABLES)}")
+        print(f"<!-- python scripts/results_tables.py {name} -->")
+        print(TABLES[name]())
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
