@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import dpp
 from dpp.experiments.data import dataset_info
@@ -38,7 +39,8 @@ def test_config_loads_and_prunes_its_model(path: Path):
     assert cfg.name and f"configs/{path.name}" in path.read_text()
     info = dataset_info(cfg.data.dataset)
     model = create_model(cfg.model.name, info.num_classes, input_shape=info.input_shape)
-    pruner = dpp.prune(model, cfg.dpp_config(steps_per_epoch=100))
+    example = torch.zeros(2, *info.input_shape)
+    pruner = dpp.prune(model, cfg.dpp_config(steps_per_epoch=100), example_inputs=example)
     rows = [r for r in pruner.rows() if r["k"] != "-"]
     assert rows, "the config prunes nothing"
     for name, mask in pruner.masks().items():

@@ -12,6 +12,11 @@ from torch import nn
 import dpp
 from dpp.export import shrink
 
+# These tests prune filters without example inputs on purpose: shrink() must handle the
+# BatchNorm shift of unlinked masks (dpp.prune warns about it).
+pytestmark = pytest.mark.filterwarnings("ignore:filter-level pruning of a model with BatchNorm")
+
+
 needs_tp = pytest.mark.skipif(
     importlib.util.find_spec("torch_pruning") is None,
     reason="shrink needs Torch-Pruning (pip install torch-pruning)",

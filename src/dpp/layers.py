@@ -32,7 +32,7 @@ __all__ = [
     "wrap",
 ]
 
-_DPP_ATTRS = ("dpp_layout", "dpp_quant", "_dpp_dense_cls", "dpp", "dpp_act")
+_DPP_ATTRS = ("dpp_layout", "dpp_quant", "_dpp_dense_cls", "dpp", "dpp_act", "_dpp_channel_mask")
 _DPP_MODULES = ("dpp", "dpp_act")
 
 
@@ -75,8 +75,12 @@ class DPPLayer:
             kept = self.dpp_layout.expand(group_mask).to(w.dtype)
             assert self.dpp is not None
             w = self.dpp.masked_weight(w, kept)
-            if b is not None and self.dpp_layout.prunes_bias:
-                b = b * self.dpp_layout.bias_mask(group_mask).to(b.dtype)
+            if self.dpp_layout.prunes_bias:
+                channels = self.dpp_layout.bias_mask(group_mask)
+                # Read by a BatchNorm linked to this layer (dpp.batchnorm), same forward call.
+                self._dpp_channel_mask = channels
+                if b is not None:
+                    b = b * channels.to(b.dtype)
         if self.dpp_quant is not None:
             w = fake_quantize(w, self.dpp_quant, kept)
         return w, b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .batchnorm import link_batchnorms, linked_batchnorms
 from .config import DPPConfig, LayerSettings, matches_pattern
 from .granularity import GroupLayout
 from .layers import PRUNABLE_TYPES, DPPLayer, is_dpp_layer, unwrap, wrap
@@ -98,6 +100,8 @@ class Pruner:
         self.layers = layers
         self._step = 0
         self._finalized: dict[str, FinalizedLayer] | None = None
+        # {filter layer: BatchNorm after it}, filled by dpp.prune(..., example_inputs=...).
+        self.batchnorm_links: dict[str, str] = {}
         self._apply_schedules()
 
     # ------------------------------------------------------------------ helpers
@@ -397,6 +401,7 @@ class Pruner:
         model = _copy.deepcopy(self.model)
         twin = Pruner(model, self.config, {name: model.get_submodule(name) for name in self.layers})
         twin._step = self._step
+        twin.batchnorm_links = dict(self.batchnorm_links)  # the hooks were copied with the model
         twin._apply_schedules()
         return twin
 
@@ -421,6 +426,14 @@ class Pruner:
         self._check_live("finalize")
         for _, source in self._sources():  # the target k, even if a ramp is unfinished
             source.current_k = source.layout.k
+        with torch.no_grad():  # pruned channels: zero BatchNorm weight and bias, drop the hook
+            for norm, hook, key in linked_batchnorms(self.model):
+                layer = hook.layer
+                assert layer.dpp is not None and layer.dpp_layout is not None
+                channels = layer.dpp_layout.bias_mask(layer.dpp.deterministic(layer.weight))
+                norm.weight.mul_(channels.to(norm.weight.dtype))
+                norm.bias.mul_(channels.to(norm.bias.dtype))
+                del norm._forward_hooks[key]
         names = _module_names(self.model)
         records: dict[str, FinalizedLayer] = {}
         for name, layer in self.layers.items():
@@ -493,6 +506,7 @@ def prune(
     config: DPPConfig | dict[str, Any] | None = None,
     *,
     mask_source: MaskSourceFactory | None = None,
+    example_inputs: Tensor | tuple[Tensor, ...] | None = None,
     **options: Any,
 ) -> Pruner:
     """Add Dynamic Probabilistic Pruning to ``model`` in place and return its :class:`Pruner`.
@@ -510,6 +524,10 @@ def prune(
         mask_source: optional ``(layer name, module, layout) -> MaskSource`` deciding the
             masks instead of DPP's learned logits (a fixed, magnitude or other scoring
             rule); the mechanics (layouts, quantization, finalize, export) stay the same.
+        example_inputs: inputs the model can be called with. With ``filter`` granularity,
+            one forward pass finds the BatchNorm that consumes each pruned layer's output, so
+            that its pruned feature maps are zero after that BatchNorm too (see
+            :mod:`dpp.batchnorm`); without them a BatchNorm turns a pruned map into its shift.
         **options: :class:`DPPConfig` fields, overriding those of ``config``.
 
     Returns:
@@ -624,4 +642,17 @@ def prune(
         for alias in module_names.get(id(module), [name]):
             _set_module(model, alias, new)
         layers[name] = new
-    return Pruner(model, cfg, layers)
+    pruner = Pruner(model, cfg, layers)
+    has_filters = any(lay is not None and lay.granularity == "filter" for lay in layouts.values())
+    if has_filters and example_inputs is not None:
+        pruner.batchnorm_links = link_batchnorms(model, layers, example_inputs)
+    elif has_filters and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        warnings.warn(
+            "filter-level pruning of a model with BatchNorm: pass example_inputs to dpp.prune "
+            "so that pruned feature maps stay zero after their BatchNorm (otherwise each "
+            "becomes the BatchNorm's shift, a constant the next layer still sees)",
+            stacklevel=2,
+        )
+    return pruner

@@ -40,7 +40,7 @@ import dpp
 from dpp.granularity import GroupLayout
 from dpp.masks import FixedMask, MaskSource, topk_mask
 
-from .methods import TrainingMethod
+from .methods import TrainingMethod, example_inputs
 from .runconfig import ConfigError, RunConfig
 
 __all__ = [
@@ -147,7 +147,12 @@ class _KOfNBaseline(TrainingMethod):
         super().__init__(model, cfg, steps_per_epoch)
         self.name = cfg.method
         self.options = _options(cfg)
-        self.pruner = dpp.prune(model, cfg.dpp_config(steps_per_epoch), mask_source=self.source)
+        self.pruner = dpp.prune(
+            model,
+            cfg.dpp_config(steps_per_epoch),
+            mask_source=self.source,
+            example_inputs=example_inputs(cfg, model),
+        )
 
     def source(self, name: str, module: nn.Module, layout: GroupLayout) -> MaskSource:
         raise NotImplementedError
@@ -260,7 +265,11 @@ class MagnitudeGlobal(TrainingMethod):
         import torch.nn.utils.prune as torch_prune
 
         # Which layers, and how many weights k-of-n would keep there: ask dpp on a copy.
-        probe = dpp.prune(copy.deepcopy(model), cfg.dpp_config(steps_per_epoch))
+        probe = dpp.prune(
+            copy.deepcopy(model),
+            cfg.dpp_config(steps_per_epoch),
+            example_inputs=example_inputs(cfg, model),
+        )
         rows = [r for r in probe.rows() if r["k"] != "-"]
         self.targets = [(model.get_submodule(r["layer"]), "weight") for r in rows]
         total = sum(r["weights"] for r in rows)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 import dpp
@@ -88,7 +89,9 @@ class DPPMethod(TrainingMethod):
 
     def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int) -> None:
         super().__init__(model, cfg, steps_per_epoch)
-        self.pruner = dpp.prune(model, cfg.dpp_config(steps_per_epoch))
+        self.pruner = dpp.prune(
+            model, cfg.dpp_config(steps_per_epoch), example_inputs=example_inputs(cfg, model)
+        )
         # With a sparsity ramp the masks start dense: no rescaling for a sparse fan-in.
         self.sparse_from_start = self.pruner.config.sparsity_ramp is None
 
@@ -123,6 +126,15 @@ class DPPMethod(TrainingMethod):
         if self.pruner.config.sparsity_ramp is not None:
             out["sparsity_ramp"] = self.pruner.ramp
         return out
+
+
+def example_inputs(cfg: RunConfig, model: nn.Module) -> torch.Tensor:
+    """A batch of two zero images of the run's dataset, on the model's device (for
+    ``dpp.prune(..., example_inputs=...)``, which links filter masks to BatchNorms)."""
+    from .data import dataset_info
+
+    device = next(model.parameters()).device
+    return torch.zeros(2, *dataset_info(cfg.data.dataset).input_shape, device=device)
 
 
 def create_method(cfg: RunConfig, model: nn.Module, steps_per_epoch: int) -> TrainingMethod:

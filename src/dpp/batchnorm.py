@@ -1,0 +1,119 @@
+"""Filter masks through BatchNorm: a pruned feature map is zero after its BatchNorm too.
+
+A filter-level mask zeroes a convolution's output channel, but a BatchNorm right after it
+maps that zero to a constant (its shift), so the channel is not gone: the next layer still
+sees it, and removing the channel later changes the outputs. :func:`link_batchnorms` finds,
+with one forward pass over example inputs, the BatchNorm that directly consumes each
+filter-pruned layer's output, and multiplies that BatchNorm's output by the same channel mask
+(the same draw in training mode, the deterministic mask in eval mode). ``finalize()`` then
+zeroes the BatchNorm's weight and bias of the pruned channels, so the plain model computes
+the same and its pruned channels are exactly zero after normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .layers import DPPLayer
+
+__all__ = ["ChannelMaskAfterNorm", "link_batchnorms", "linked_batchnorms"]
+
+
+class ChannelMaskAfterNorm:
+    """Forward hook of a BatchNorm: multiply its output by a filter layer's channel mask."""
+
+    def __init__(self, layer: DPPLayer) -> None:
+        self.layer = layer
+
+    def channel_mask(self) -> Tensor | None:
+        return getattr(self.layer, "_dpp_channel_mask", None)
+
+    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        mask = self.channel_mask()
+        if mask is None:
+            return output
+        shape = (1, -1) + (1,) * (output.dim() - 2)
+        return output * mask.reshape(shape).to(output.dtype)
+
+
+def _inputs(example_inputs: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    return (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+
+
+def link_batchnorms(
+    model: nn.Module, layers: dict[str, DPPLayer], example_inputs: Tensor | Sequence[Tensor]
+) -> dict[str, str]:
+    """Attach each filter-pruned layer's mask to the BatchNorm that consumes its output.
+
+    Args:
+        model: the pruned model.
+        layers: ``{name: DPP layer}``; only ``filter``-granularity layers are linked.
+        example_inputs: a tensor or tuple of tensors the model is called with (one forward
+            pass in eval mode, without gradients; BatchNorm statistics are not updated).
+
+    Returns:
+        ``{layer name: BatchNorm name}`` of the links made.
+    """
+    filters = {
+        name: layer
+        for name, layer in layers.items()
+        if layer.dpp_layout is not None and layer.dpp_layout.granularity == "filter"
+    }
+    if not filters:
+        return {}
+    produced: dict[int, str] = {}
+    consumed: dict[str, int] = {}
+    keep_alive: list[Tensor] = []
+    handles = []
+    for name, layer in filters.items():
+
+        def record_output(m: nn.Module, a: tuple, out: Tensor, name: str = name) -> None:
+            produced[id(out)] = name
+            keep_alive.append(out)
+
+        handles.append(layer.register_forward_hook(record_output))  # type: ignore[attr-defined]
+    norms = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
+    for name, norm in norms.items():
+
+        def record_input(m: nn.Module, a: tuple, name: str = name) -> None:
+            consumed[name] = id(a[0])
+            keep_alive.append(a[0])
+
+        handles.append(norm.register_forward_pre_hook(record_input))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*_inputs(example_inputs))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    links: dict[str, str] = {}
+    for norm_name, tensor_id in consumed.items():
+        layer_name = produced.get(tensor_id)
+        if layer_name is None:
+            continue
+        norm = norms[norm_name]
+        if not norm.affine or norm.num_features != filters[layer_name].dpp_layout.n:  # type: ignore[union-attr]
+            continue  # without an affine weight and bias, finalize() could not bake it in
+        norm.register_forward_hook(ChannelMaskAfterNorm(filters[layer_name]))
+        links[layer_name] = norm_name
+    return links
+
+
+def linked_batchnorms(model: nn.Module) -> list[tuple[nn.Module, ChannelMaskAfterNorm, int]]:
+    """Every (BatchNorm, its channel-mask hook, the hook's key) in ``model``."""
+    out = []
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if isinstance(hook, ChannelMaskAfterNorm):
+                out.append((module, hook, key))
+    return out
