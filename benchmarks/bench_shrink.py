@@ -8,7 +8,9 @@ measured in the same run. Prints a markdown table; writes nothing.
 
 Fresh models have BatchNorm shifts of 0, so every pruned channel is removable exactly;
 ``--random-bn`` draws trained-looking BatchNorm parameters and statistics instead, and shows
-how many channels exact removal keeps (see ``dpp.export.shrink``).
+how many channels exact removal keeps (see ``dpp.export.shrink``); ``--link-bn`` prunes with
+example inputs, so that the filter masks reach through the BatchNorms (``dpp.batchnorm``) and
+every pruned channel is removable again.
 
 Usage::
 
@@ -71,6 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
     ap.add_argument("--min-reps", type=int, default=5)
     ap.add_argument("--random-bn", action="store_true")
+    ap.add_argument(
+        "--link-bn",
+        action="store_true",
+        help="prune with example inputs: filter masks carried through the BatchNorms",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -88,12 +95,16 @@ def main(argv: list[str] | None = None) -> None:
         model = create_model(name)
         if args.random_bn:
             randomize_bn(model, gen)
+        example = torch.randn(2, 3, args.size, args.size)
         pruner = dpp.prune(
-            model, granularity="filter", density=args.density, exclude=[CLASSIFIER[name]]
+            model,
+            granularity="filter",
+            density=args.density,
+            exclude=[CLASSIFIER[name]],
+            example_inputs=example if args.link_bn else None,
         )
         model.eval()
         pruner.finalize()
-        example = torch.randn(2, 3, args.size, args.size)
         small, report = shrink(pruner, example, report=True)
         print(f"## {name}\n\n```\n{report}\n```\n", file=sys.stderr)
         for batch in args.batches:

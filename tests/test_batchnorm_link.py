@@ -125,3 +125,20 @@ def test_copy_keeps_the_links():
     out = twin.model.features(torch.randn(2, 3, 8, 8))
     channels = twin.model.conv1._dpp_channel_mask.bool()
     assert torch.equal(out[:, ~channels], torch.zeros_like(out[:, ~channels]))
+
+
+def test_shrink_removes_every_pruned_channel_when_linked():
+    """With the masks linked through BatchNorm (a nonzero shift included), shrink() removes
+    every pruned channel and keeps the outputs."""
+    from dpp import export
+
+    model, pruner = _pruned()
+    model.eval()
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    small = export.shrink(pruner, x)
+    assert small.conv1.out_channels == 4 and small.bn1.num_features == 4
+    assert small.conv2.in_channels == 4 and small.conv2.out_channels == 3
+    with torch.no_grad():
+        assert torch.allclose(small(x), expected, atol=1e-5)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .layers import DPPLayer
 
-__all__ = ["ChannelMaskAfterNorm", "link_batchnorms", "linked_batchnorms"]
+__all__ = ["ChannelMaskAfterNorm", "bake_batchnorm_masks", "link_batchnorms", "linked_batchnorms"]
 
 
 class ChannelMaskAfterNorm:
@@ -117,3 +117,22 @@ def linked_batchnorms(model: nn.Module) -> list[tuple[nn.Module, ChannelMaskAfte
             if isinstance(hook, ChannelMaskAfterNorm):
                 out.append((module, hook, key))
     return out
+
+
+@torch.no_grad()
+def bake_batchnorm_masks(model: nn.Module) -> int:
+    """Zero the weight and bias of every linked BatchNorm's pruned channels (from the filter
+    layer's deterministic mask) and remove the hooks; call before the layers are unwrapped.
+
+    Returns:
+        How many BatchNorms were baked.
+    """
+    links = linked_batchnorms(model)
+    for norm, hook, key in links:
+        layer = hook.layer
+        assert layer.dpp is not None and layer.dpp_layout is not None
+        channels = layer.dpp_layout.bias_mask(layer.dpp.deterministic(layer.weight))
+        norm.weight.mul_(channels.to(norm.weight.dtype))
+        norm.bias.mul_(channels.to(norm.bias.dtype))
+        del norm._forward_hooks[key]
+    return len(links)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batchnorm import link_batchnorms, linked_batchnorms
+from .batchnorm import bake_batchnorm_masks, link_batchnorms
 from .config import DPPConfig, LayerSettings, matches_pattern
 from .granularity import GroupLayout
 from .layers import PRUNABLE_TYPES, DPPLayer, is_dpp_layer, unwrap, wrap
@@ -426,14 +426,7 @@ class Pruner:
         self._check_live("finalize")
         for _, source in self._sources():  # the target k, even if a ramp is unfinished
             source.current_k = source.layout.k
-        with torch.no_grad():  # pruned channels: zero BatchNorm weight and bias, drop the hook
-            for norm, hook, key in linked_batchnorms(self.model):
-                layer = hook.layer
-                assert layer.dpp is not None and layer.dpp_layout is not None
-                channels = layer.dpp_layout.bias_mask(layer.dpp.deterministic(layer.weight))
-                norm.weight.mul_(channels.to(norm.weight.dtype))
-                norm.bias.mul_(channels.to(norm.bias.dtype))
-                del norm._forward_hooks[key]
+        bake_batchnorm_masks(self.model)
         names = _module_names(self.model)
         records: dict[str, FinalizedLayer] = {}
         for name, layer in self.layers.items():

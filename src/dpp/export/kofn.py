@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..batchnorm import bake_batchnorm_masks
 from ..granularity import GroupLayout
 from ..layers import is_dpp_layer, unwrap
 from ..pruner import Pruner
@@ -373,6 +374,7 @@ def _check_records(records: dict[str, LayerRecord]) -> None:
 
 def _unwrap_all(model: nn.Module) -> None:
     """Bake every DPP layer of ``model`` (a private copy) into its plain layer."""
+    bake_batchnorm_masks(model)  # BatchNorms linked to filter masks first: they read the layers
     aliases = module_aliases(model)
     done: set[int] = set()
     for name, module in list(model.named_modules()):
