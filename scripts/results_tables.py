@@ -6,6 +6,7 @@ Reads ``results/<grid>/<run>/summary.json`` (written by ``dpp compare``; the run
 - ``dense-vs-dpp``: dense against DPP at 90/95/98% for LeNet-300-100 and LeNet-5;
 - ``quantization``: DPP at 95% with 32, 8, 4, 3, 2 bits and binary, accuracy and compression;
 - ``comparison``: every method of the comparison grids;
+- ``summary``: the README's lines (LeNet-300-100, DPP against the baselines);
 - ``binary``: DPP against one-shot magnitude k-of-n with binary weights;
 - ``tuning``: the knobs of the tuning grid;
 - ``mask-metrics``: confidence and diversity over epochs of the DPP 95% LeNet-300-100 runs.
@@ -42,7 +43,8 @@ def _acc(summaries: list[dict]) -> str:
         return "(not run)"
     if len(accs) == 1:
         return f"{accs[0]:.2f} (1 seed)"
-    return f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+    text = f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+    return text if len(accs) >= 3 else f"{text} ({len(accs)} seeds)"
 
 
 def _mean(summaries: list[dict]) -> float | None:
@@ -163,6 +165,48 @@ def comparison() -> str:
     )
 
 
+def summary() -> str:
+    """The README's few lines: LeNet-300-100 on Fashion-MNIST, DPP against the baselines."""
+    grid = "lenet300-fmnist"
+    settings = ["90", "95", "98", "2-4"]
+    head = " | ".join(f"{s.replace('-', ':')}{'%' if s.isdigit() else ''}" for s in settings)
+    rows = [
+        f"| LeNet-300-100, Fashion-MNIST, 20 epochs, 3 seeds | {head} |",
+        "|---" * (len(settings) + 1) + "|",
+    ]
+    dense = _summaries(grid, "reference-dense")
+    rows.append("| dense | " + " | ".join(_acc(dense) for _ in settings) + " |")
+    for label, slug in (("DPP", "dpp"), ("DPP, sparsity ramp", "dpp-sparsity-ramp")):
+        rows.append(
+            f"| {label} | "
+            + " | ".join(_acc(_summaries(grid, f"{s}-{slug}")) for s in settings)
+            + " |"
+        )
+    best = []
+    for setting in settings:
+        candidates = [
+            (_mean(runs), letter, runs)
+            for letter, slug in (
+                ("c", "one-shot-magnitude-k-of-n-ft"),
+                ("d", "gradual-magnitude-k-of-n"),
+                ("e", "sr-ste"),
+            )
+            if (runs := _summaries(grid, f"{setting}-{slug}"))
+        ]
+        if candidates:
+            _, letter, runs = max(candidates, key=lambda c: c[0])
+            best.append(f"{_acc(runs)} ({letter})")
+        else:
+            best.append("(not run)")
+    rows.append("| best structured baseline (c, d, e) | " + " | ".join(best) + " |")
+    rows.append(
+        "| random fixed k-of-n (f) | "
+        + " | ".join(_acc(_summaries(grid, f"{s}-random-fixed-k-of-n")) for s in settings)
+        + " |"
+    )
+    return "\n".join(rows)
+
+
 def binary() -> str:
     return (
         _grid_table(
@@ -232,6 +276,7 @@ TABLES = {
     "dense-vs-dpp": dense_vs_dpp,
     "quantization": quantization,
     "comparison": comparison,
+    "summary": summary,
     "binary": binary,
     "tuning": tuning,
     "mask-metrics": mask_metrics,

@@ -298,6 +298,7 @@ def test_double_precision_model():
 
 
 # ------------------------------------------------------------------------------ transformers
+@pytest.mark.filterwarnings("ignore:nn.MultiheadAttention")
 def test_transformer_prunes_feedforward_not_out_proj():
     """In a TransformerEncoderLayer linear1/linear2 are pruned; self_attn.out_proj is left alone."""
     model = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
@@ -311,6 +312,7 @@ def test_transformer_prunes_feedforward_not_out_proj():
     assert model.linear1.dpp.logits.grad is not None
 
 
+@pytest.mark.filterwarnings("ignore:nn.MultiheadAttention")
 def test_plain_linear_out_proj_of_attention_is_skipped():
     """An nn.MultiheadAttention whose out_proj is a plain nn.Linear still keeps it unpruned."""
     model = nn.Sequential(OrderedDict(head=nn.Linear(8, 8)))
@@ -325,6 +327,7 @@ def test_plain_linear_out_proj_of_attention_is_skipped():
         dpp.prune(fresh, include=["attn.out_proj"], density=0.5)
 
 
+@pytest.mark.filterwarnings("ignore:nn.MultiheadAttention")
 def test_transformer_inference_fast_path_uses_the_masks():
     """Eval under no_grad (PyTorch's transformer fast path) computes the same as with grad."""
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)

@@ -553,6 +553,17 @@ def prune(
             cfg = cfg.replace(**options)
 
     skipped = _mha_projections(model)
+    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    if attention:
+        listed = ", ".join(repr(n) for n in attention[:5]) + (", ..." if len(attention) > 5 else "")
+        warnings.warn(
+            f"nn.MultiheadAttention {listed}: not pruned, since it computes its q/k/v and output "
+            "projections from raw weights (in_proj_weight, out_proj.weight) without calling a "
+            "Linear's forward, so a mask there would be ignored. The model's other Linear layers "
+            "(feed-forward included) are pruned; to prune attention projections too, build the "
+            "attention from nn.Linear q/k/v/out modules (see examples/transformer_2of4.py).",
+            stacklevel=2,
+        )
     candidates: list[tuple[str, nn.Module]] = []
     seen: set[int] = set()
     for name, module in model.named_modules():
