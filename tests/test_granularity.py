@@ -232,7 +232,9 @@ def test_gradients_reach_logits_and_weights(model_name, granularity):
 
     # The same computation spelled out with the public sampler and the method's expansion.
     torch.manual_seed(5)
-    mask = dpp.gumbel_topk(ref.dpp.logits, layer.dpp_layout.k, tau=pruner.temperature)
+    mask = dpp.gumbel_topk(
+        ref.dpp.logits, layer.dpp_layout.k, tau=pruner.temperature, noise_scale=pruner.noise_scale
+    )
     wm = expand_group_mask(mask, granularity, tuple(ref.weight.shape))
     b = ref.bias
     if b is not None and granularity == "filter":

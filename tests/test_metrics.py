@@ -336,7 +336,11 @@ def test_layer_sources_and_noise_scale_from_the_layer():
     pi = inclusion_probabilities(layer, samples=16)
     assert pi.shape == (16, 24) and not pi.requires_grad
     assert torch.equal(pi, inclusion_probabilities(layer.dpp, samples=16))
-    assert torch.equal(pi, inclusion_probabilities(layer.dpp.logits, 6, samples=16))
+    beta = layer.dpp.noise_scale
+    assert beta == dpp.DPPConfig().noise_scale.value(0)
+    from_logits = inclusion_probabilities(layer.dpp.logits, 6, noise_scale=beta, samples=16)
+    assert torch.equal(pi, from_logits)
+    assert not torch.equal(pi, inclusion_probabilities(layer.dpp.logits, 6, samples=16))
     layer.dpp.noise_scale = 0.0
     assert layer_metrics(layer)["confidence"] == 1.0
     assert layer_metrics(layer, noise_scale=1.0)["confidence"] < 1.0

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import dpp
 from dpp.experiments.checkpoint import load_checkpoint
 from dpp.experiments.data import load_dataset
 from dpp.experiments.models import create_model, num_parameters
@@ -145,7 +146,7 @@ def test_epoch_record_has_the_documented_keys(one_epoch):
     assert set(rec["lr"]) == {"weights", "logits"}
     # temperature: linear 2 -> 0.5 over 2 epochs, so half way after one epoch
     assert rec["temperature"] == pytest.approx(2.0 + (0.5 - 2.0) * 0.5)
-    assert rec["noise_scale"] == 1.0
+    assert rec["noise_scale"] == pytest.approx(dpp.DPPConfig().noise_scale.value(0))
     summary = json.loads((result.run_dir / "summary.json").read_text())
     rows = {r["layer"]: r for r in summary["layers"]}
     assert set(rec["sparsity"]["layers"]) == set(rows) == {"fc1", "fc2", "fc3"}
