@@ -20,11 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 import warnings
 from datetime import date
 
@@ -34,35 +30,10 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from dpp.export.kofn import KOfNLinear
+from timing import cpu_name, median_ms
 
 FORMULATIONS = ("csr", "embedding_bag", "gather", "dense")
 GATHER_LIMIT = 8 * 2**20  # elements of [B, out, r] beyond which "gather" is not timed (slow)
-
-
-def median_ms(fn, *args, min_time: float, min_reps: int) -> float:
-    """Median wall time of ``fn(*args)`` in milliseconds, after a warm-up."""
-    for _ in range(3):
-        fn(*args)
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_time:
-        t = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t)
-        if len(times) >= 2000:
-            break
-    return statistics.median(times) * 1e3
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,15 +14,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 import dpp
 from dpp.sampling import gumbel_noise, relaxed_topk_reference
+from timing import cpu_name, median_ms
 
 SHAPES = [
     # (groups, n, k): a 512x4608 conv layer (3x3x512 fan-in) at 10%; LeNet-300-100's fc1
@@ -35,18 +33,8 @@ SHAPES = [
 ]
 
 
-def _median_ms(fn: Callable[[], object], repeats: int, min_seconds: float = 0.3) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 10 * repeats:
-            break
-    return statistics.median(times) * 1e3
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    return median_ms(fn, min_reps=repeats, max_reps=10 * repeats)
 
 
 def _literal_loop(logits: torch.Tensor, k: int, grad: torch.Tensor) -> None:
@@ -97,10 +85,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}"
-    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}")
     print()
     print(
         "| groups x n | k | topk (ms) | fwd (ms) | fwd+bwd (ms) | fwd+bwd / topk "

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from datetime import date
 
 import torch
@@ -35,21 +33,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 import dpp
 from dpp.experiments.models import create_model
 from dpp.export import shrink
+from timing import median_ms
 
 CLASSIFIER = {"vgg16": "classifier", "resnet20": "fc", "resnet56": "fc", "resnet18": "fc"}
-
-
-def median_ms(fn, *args, min_time: float, min_reps: int) -> float:
-    """Median wall time of ``fn(*args)`` in milliseconds, after a warm-up."""
-    for _ in range(2):
-        fn(*args)
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_time:
-        t = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
