@@ -64,18 +64,26 @@ def _kept(summaries: list[dict]) -> str:
     return f"{s['params_kept']:,} / {s['params_dense']:,}"
 
 
+def _command(grid: str, prefix: str) -> str:
+    """The command that (re)runs the seeds of one table row: the grid, restricted to the row."""
+    return f"`dpp compare configs/grids/{grid.replace('-', '_')}.toml --only '^{prefix}-s\\d'`"
+
+
 def dense_vs_dpp() -> str:
     rows = [
         "| model | method | sparsity per neuron | test accuracy (%) | vs dense | parameters kept "
-        "| epochs |",
-        "|---|---|---|---|---|---|---|",
+        "| epochs | command |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for grid, model, epochs in (
         ("lenet300-fmnist", "LeNet-300-100", 20),
         ("lenet5-fmnist", "LeNet-5-Caffe", 10),
     ):
         dense = _summaries(grid, "reference-dense")
-        rows.append(f"| {model} | dense | 0% | {_acc(dense)} | - | {_kept(dense)} | {epochs} |")
+        rows.append(
+            f"| {model} | dense | 0% | {_acc(dense)} | - | {_kept(dense)} | {epochs} "
+            f"| {_command(grid, 'reference-dense')} |"
+        )
         for pct in ("90", "95", "98"):
             for label, slug in (("DPP", "dpp"), ("DPP, sparsity ramp", "dpp-sparsity-ramp")):
                 runs = _summaries(grid, f"{pct}-{slug}")
@@ -85,15 +93,15 @@ def dense_vs_dpp() -> str:
                 rows.append(
                     f"| {model} | {label} | {pct}% | {_acc(runs)} "
                     f"| {f'{delta:+.2f}' if delta is not None else '-'} | {_kept(runs)} "
-                    f"| {epochs} |"
+                    f"| {epochs} | {_command(grid, f'{pct}-{slug}')} |"
                 )
     return "\n".join(rows)
 
 
 def quantization() -> str:
     rows = [
-        "| model | weights | test accuracy (%) | vs dense | compression vs dense fp32 |",
-        "|---|---|---|---|---|",
+        "| model | weights | test accuracy (%) | vs dense | compression vs dense fp32 | command |",
+        "|---|---|---|---|---|---|",
     ]
     for model, cmp_grid, q_grid in (
         ("LeNet-300-100", "lenet300-fmnist", "quant-lenet300-fmnist"),
@@ -112,7 +120,10 @@ def quantization() -> str:
                 ("4-bit, fc1 98%", "4-bit-fc1-98"),
             )
         ]
-        rows.append(f"| {model} | dense fp32 | {_acc(dense)} | - | 1.0x |")
+        rows.append(
+            f"| {model} | dense fp32 | {_acc(dense)} | - | 1.0x "
+            f"| {_command(cmp_grid, 'reference-dense')} |"
+        )
         for label, grid, prefix in settings:
             runs = _summaries(grid, prefix)
             if not runs:
@@ -120,7 +131,8 @@ def quantization() -> str:
             delta = _mean(runs) - _mean(dense) if dense else None
             rows.append(
                 f"| {model} | {label} | {_acc(runs)} "
-                f"| {f'{delta:+.2f}' if delta is not None else '-'} | {_compression(runs)} |"
+                f"| {f'{delta:+.2f}' if delta is not None else '-'} | {_compression(runs)} "
+                f"| {_command(grid, prefix)} |"
             )
     return "\n".join(rows)
 
