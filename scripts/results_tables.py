@@ -51,6 +51,11 @@ def _mean(summaries: list[dict]) -> float | None:
     return statistics.fmean(100 * s["test_acc"] for s in summaries) if summaries else None
 
 
+def _vs_dense(runs: list[dict], dense: list[dict]) -> str:
+    """Mean accuracy difference to the dense reference, in points (``-`` without one)."""
+    return f"{_mean(runs) - _mean(dense):+.2f}" if runs and dense else "-"
+
+
 def _compression(summaries: list[dict]) -> str:
     if not summaries or not summaries[0].get("storage"):
         return "-"
@@ -89,10 +94,9 @@ def dense_vs_dpp() -> str:
                 runs = _summaries(grid, f"{pct}-{slug}")
                 if not runs:
                     continue
-                delta = _mean(runs) - _mean(dense) if dense else None
                 rows.append(
                     f"| {model} | {label} | {pct}% | {_acc(runs)} "
-                    f"| {f'{delta:+.2f}' if delta is not None else '-'} | {_kept(runs)} "
+                    f"| {_vs_dense(runs, dense)} | {_kept(runs)} "
                     f"| {epochs} | {_command(grid, f'{pct}-{slug}')} |"
                 )
     return "\n".join(rows)
@@ -128,10 +132,9 @@ def quantization() -> str:
             runs = _summaries(grid, prefix)
             if not runs:
                 continue
-            delta = _mean(runs) - _mean(dense) if dense else None
             rows.append(
                 f"| {model} | {label} | {_acc(runs)} "
-                f"| {f'{delta:+.2f}' if delta is not None else '-'} | {_compression(runs)} "
+                f"| {_vs_dense(runs, dense)} | {_compression(runs)} "
                 f"| {_command(grid, prefix)} |"
             )
     return "\n".join(rows)
