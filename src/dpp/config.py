@@ -13,7 +13,7 @@ from .schedules import Schedule
 
 __all__ = ["OVERRIDE_KEYS", "DPPConfig", "LayerSettings", "matches_pattern"]
 
-LOGIT_INITS = ("normal", "magnitude")
+LOGIT_INITS = ("normal", "magnitude", "wanda", "sparsegpt")
 OVERRIDE_KEYS = (
     "granularity",
     "density",
@@ -123,9 +123,14 @@ class DPPConfig:
             ``ceil(n - r (n - k))`` candidates per group at ramp value ``r`` (gradual
             pruning with learned masks). ``finalize()`` always uses the target k.
         logit_init_std: standard deviation of the logits' initialisation.
-        logit_init: ``"normal"`` (``N(0, logit_init_std^2)``) or ``"magnitude"`` (the
-            weights' magnitudes z-scored per group times ``logit_init_std``: the first masks
-            are those of magnitude pruning; for a start from a trained dense model).
+        logit_init: ``"normal"`` (``N(0, logit_init_std^2)``), or a one-shot prior for a
+            start from a trained dense model, whose scores are z-scored per group and
+            multiplied by ``logit_init_std`` (the *prior strength*; 3.0 is a good value for a
+            pretrained model), so that the first deterministic masks are the prior's:
+            ``"magnitude"`` (``|W|``), ``"wanda"`` (``|W_ij| * ||X_j||_2`` over calibration
+            inputs) or ``"sparsegpt"`` (the mask SparseGPT's OBS selection picks, weights left
+            unchanged; weight and block granularity). ``"wanda"`` and ``"sparsegpt"`` need
+            ``dpp.prune(..., calibration_data=...)``; see :mod:`dpp.priors`.
         entropy_weight: ``lambda`` of ``Pruner.entropy_loss()``.
         weight_bits: ``None`` (float), 2..8 or ``"binary"``: joint weight quantization.
         quant_scale: ``"channel"`` or ``"tensor"`` quantization scale.

@@ -4,61 +4,68 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .batchnorm import bake_batchnorm_masks, link_batchnorms
+from .bake import bake_in_place
+from .batchnorm import link_batchnorms
 from .config import DPPConfig, LayerSettings, matches_pattern
 from .granularity import GroupLayout
-from .layers import PRUNABLE_TYPES, DPPLayer, is_dpp_layer, unwrap, wrap
+from .layers import (
+    DPPLayer,
+    FinalizedLayer,
+    canonical_weight,
+    is_dpp_layer,
+    masked_class,
+    wrap,
+)
 from .masks import DPPMask, MaskSource
+from .modeltools import module_aliases, set_module
+from .priors import CALIBRATED_PRIORS, InputStats, calibrate, prior_scores
 from .quantization import QuantSpec
 
-__all__ = ["FinalizedError", "FinalizedLayer", "Pruner", "prune"]
+__all__ = ["FinalizedError", "FinalizedLayer", "LayerRow", "Pruner", "prune"]
 
 
-class FinalizedError(RuntimeError, ValueError):
+class FinalizedError(RuntimeError):
     """The pruner was used after :meth:`Pruner.finalize` put plain layers back."""
 
 
-@dataclass
-class FinalizedLayer:
-    """What :meth:`Pruner.finalize` baked into one layer.
+@dataclass(frozen=True)
+class LayerRow:
+    """One touched layer of :meth:`Pruner.rows` (``None`` where the layer is not pruned).
 
     Attributes:
-        layout: the group layout, or ``None`` for a quantize-only layer.
-        quant: the quantization spec, or ``None`` for float weights.
-        mask: bool tensor shaped like the weight (``None`` when not pruned).
-        codes: int8 codes shaped like the weight (``None`` when not quantized);
-            the finalized weight is exactly ``scale * codes``.
-        scale: float scales, ``[C_out, 1, ...]`` or ``[1, 1, ...]``.
-        activation_scale: the input's fixed 8-bit scale when activations were quantized.
+        layer: module name.
+        type: class name of the plain layer (``"Linear"``, ``"Conv2d"``, ...).
+        granularity: ``"weight"``, ``"block(4)"``, ... or ``None`` (quantized only).
+        groups: number of groups, or ``None``.
+        n: candidates per group, or ``None``.
+        k: kept per group, or ``None``.
+        density: ``k / n`` (1.0 when not pruned).
+        bits: weight bits (32 for float weights).
+        weights: weights of the layer.
+        kept: weights the mask keeps.
     """
 
-    layout: GroupLayout | None
-    quant: QuantSpec | None
-    mask: Tensor | None
-    codes: Tensor | None
-    scale: Tensor | None
-    activation_scale: Tensor | None = None
+    layer: str
+    type: str
+    granularity: str | None
+    groups: int | None
+    n: int | None
+    k: int | None
+    density: float
+    bits: int | str
+    weights: int
+    kept: int
 
-
-def _module_names(model: nn.Module) -> dict[int, list[str]]:
-    """Every name under which each module object appears (shared modules have several)."""
-    names: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        names.setdefault(id(module), []).append(name)
-    return names
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (``None`` for the fields of an unpruned layer)."""
+        return dict(self.__dict__)
 
 
 def _fast_path_members(model: nn.Module) -> set[int]:
@@ -78,10 +85,123 @@ def _keep_slow_path(module: nn.Module, args: tuple) -> None:
     return None
 
 
-def _mha_projections(model: nn.Module) -> set[int]:
-    """``nn.MultiheadAttention.out_proj`` layers: their forward is never called, so a mask
-    on them would be silently ignored."""
-    return {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_NORMS = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def _why_not_prunable(module: nn.Module) -> str | None:
+    """Why DPP cannot prune a module that holds weights (``None``: prunable, or no weights
+    DPP would prune: norms, biases, embeddings are handled by the caller)."""
+    cls = type(module)
+    if isinstance(module, nn.MultiheadAttention):
+        return (
+            "it computes its q/k/v and output projections from raw weights (in_proj_weight, "
+            "out_proj.weight) without calling a Linear's forward, so a mask there would be "
+            "ignored; build the attention from nn.Linear q/k/v/out modules to prune it "
+            "(see examples/transformer_2of4.py)"
+        )
+    if masked_class(cls) is not None or isinstance(module, (*_EMBEDDINGS, *_NORMS)):
+        return None
+    base = next((c for c in cls.__mro__[1:] if masked_class(c) is not None), None)
+    if base is not None:
+        return (
+            f"its class overrides forward() of {base.__name__}, where DPP applies the mask; "
+            f"keep {base.__name__}'s forward in the subclass, or exclude the module"
+        )
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, nn.Parameter) and weight.dim() >= 2:
+        return (
+            "DPP prunes nn.Linear, nn.Conv1d/2d/3d, transformers' Conv1D and their subclasses "
+            "that keep the parent's forward; exclude the module to silence this"
+        )
+    return None
+
+
+def _candidates(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """``(prunable layers, {name: why not}` of the weight-bearing modules DPP cannot prune)``.
+
+    The output projection of an ``nn.MultiheadAttention`` is neither: its forward is never
+    called, and the attention module itself is reported.
+    """
+    inside_attention = {
+        id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)
+    }
+    candidates: list[tuple[str, nn.Module]] = []
+    unsupported: dict[str, str] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if id(module) in seen or id(module) in inside_attention:
+            continue
+        seen.add(id(module))
+        if masked_class(type(module)) is not None:
+            candidates.append((name, module))
+        elif isinstance(module, _EMBEDDINGS):
+            unsupported[name] = (
+                "an embedding is a table lookup, not a matrix product; DPP prunes none"
+            )
+        else:
+            why = _why_not_prunable(module)
+            if why is not None:
+                unsupported[name] = why
+    return candidates, unsupported
+
+
+def _named(modules: dict[str, str], model: nn.Module) -> str:
+    """``"Class 'name': not pruned, since why"`` lines."""
+    return "\n".join(
+        f"  {type(model.get_submodule(n)).__name__} {n!r}: not pruned, since {why}"
+        for n, why in modules.items()
+    )
+
+
+def _warn_unsupported(model: nn.Module, unsupported: dict[str, str], cfg: DPPConfig) -> None:
+    """One warning naming every weight-bearing module DPP leaves as it is: selected ones,
+    and embeddings only when a pattern names them."""
+    asked = [*(cfg.include or []), *cfg.overrides]
+    shown = {
+        n: why
+        for n, why in unsupported.items()
+        if cfg.selects(n)
+        and (
+            not isinstance(model.get_submodule(n), _EMBEDDINGS)
+            or any(matches_pattern(n, p) for p in asked)
+        )
+    }
+    if shown:
+        warnings.warn(
+            f"dpp.prune: {len(shown)} module(s) with weights stay dense, DPP cannot mask "
+            f"them:\n{_named(shown, model)}",
+            stacklevel=3,
+        )
+
+
+def _nothing_selected(
+    model: nn.Module, names: list[str], unsupported: dict[str, str], cfg: DPPConfig, dense: dict
+) -> str:
+    """The error when no prunable layer is left to prune, saying which rule removed them."""
+    rules = []
+    if cfg.include is not None:
+        rules.append(f"include={cfg.include}")
+    if cfg.exclude:
+        rules.append(f"exclude={cfg.exclude}")
+    if dense:
+        rules.append(f"dense by default: {', '.join(dense)}")
+    listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    msg = (
+        f"every prunable layer of the {type(model).__name__} is excluded "
+        f"({'; '.join(rules)}), so there is nothing to prune. The prunable layers are: "
+        f"{listed}; widen include or narrow exclude."
+    )
+    asked = {n: why for n, why in unsupported.items() if cfg.selects(n)}
+    if cfg.include is not None and asked:
+        msg += f" The selected modules DPP cannot prune:\n{_named(asked, model)}"
+    return msg
 
 
 class Pruner:
@@ -102,6 +222,8 @@ class Pruner:
         self._finalized: dict[str, FinalizedLayer] | None = None
         # {filter layer: BatchNorm after it}, filled by dpp.prune(..., example_inputs=...).
         self.batchnorm_links: dict[str, str] = {}
+        # {layer: why}: prunable layers left dense by default (a language model's output head).
+        self.dense_by_default: dict[str, str] = {}
         self._apply_schedules()
 
     # ------------------------------------------------------------------ helpers
@@ -211,11 +333,42 @@ class Pruner:
         self._check_live("param_groups")
         logits = self.logits()
         ids = {id(p) for p in logits}
-        others = [p for p in self.model.parameters() if id(p) not in ids]
+        others = [p for p in self.model.parameters() if id(p) not in ids and p.requires_grad]
         logit_group: dict[str, Any] = {"params": logits, "weight_decay": logit_weight_decay}
         if logit_lr is not None:
             logit_group["lr"] = logit_lr
+        if not others:  # mask-only training (freeze_weights): the logits alone
+            return [{**options, **logit_group}]
         return [{"params": others, **options}, logit_group]
+
+    def freeze_weights(self) -> int:
+        """Mask-only training (the MaskLLM regime): only the logits keep learning.
+
+        Every parameter of the model except the mask logits stops requiring gradients, so
+        the weights stay exactly those of the dense model while DPP learns which k of n to
+        keep; :meth:`param_groups` then returns the logits' group only. Call it before
+        building the optimizer.
+
+        Returns:
+            The number of parameter tensors frozen.
+
+        Example:
+            >>> import torch, dpp
+            >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+            >>> pruner = dpp.prune(model, granularity="block", block_size=4, k=2)
+            >>> pruner.freeze_weights()
+            4
+            >>> [len(g["params"]) for g in pruner.param_groups(lr=1e-2)]
+            [2]
+        """
+        self._check_live("freeze_weights")
+        ids = {id(p) for p in self.logits()}
+        frozen = 0
+        for p in self.model.parameters():
+            if id(p) not in ids and p.requires_grad:
+                p.requires_grad_(False)
+                frozen += 1
+        return frozen
 
     def entropy(self) -> Tensor:
         """Sum over every group of the entropy of ``softmax(logits)`` (differentiable, nats)."""
@@ -280,8 +433,8 @@ class Pruner:
 
         Returns:
             ``{"layers": {name: fraction of zero weights}, "total": fraction over the
-            pruned layers' weights, "model": fraction over every weight of every Linear and
-            Conv layer in the model, pruned or not}``.
+            pruned layers' weights, "model": fraction over every weight of every layer DPP
+            could prune (Linear, Conv and their kin), pruned or not}``.
         """
         self._check_live("sparsity")
         masks = self.masks()
@@ -289,7 +442,9 @@ class Pruner:
         pruned = sum(m.numel() - int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
         all_weights = sum(
-            m.weight.numel() for m in self.model.modules() if isinstance(m, PRUNABLE_TYPES)
+            m.weight.numel()
+            for m in self.model.modules()
+            if is_dpp_layer(m) or masked_class(type(m)) is not None
         )
         return {
             "layers": layers,
@@ -315,9 +470,8 @@ class Pruner:
         return dense, dense - removed
 
     # ------------------------------------------------------------------ report
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per touched layer: name, type, granularity, groups, n, k, density, bits,
-        weights, kept."""
+    def rows(self) -> list[LayerRow]:
+        """One :class:`LayerRow` per touched layer (live or finalized), in layer order."""
         items: list[tuple[str, nn.Module, GroupLayout | None, QuantSpec | None]] = []
         if self._finalized is None:
             for name, layer in self.layers.items():
@@ -328,22 +482,22 @@ class Pruner:
         rows = []
         for name, module, lay, quant in items:
             weights = module.weight.numel()  # type: ignore[union-attr]
-            kept = weights if lay is None else weights * lay.k // lay.n
+            cls = getattr(module, "_dpp_dense_cls", type(module))
             rows.append(
-                {
-                    "layer": name,
-                    "type": type(module).__name__.removeprefix("DPP"),
-                    "granularity": "-"
+                LayerRow(
+                    layer=name,
+                    type=cls.__name__,
+                    granularity=None
                     if lay is None
                     else lay.granularity + (f"({lay.block_size})" if lay.block_size else ""),
-                    "groups": "-" if lay is None else lay.num_groups,
-                    "n": "-" if lay is None else lay.n,
-                    "k": "-" if lay is None else lay.k,
-                    "density": 1.0 if lay is None else lay.k / lay.n,
-                    "bits": 32 if quant is None else quant.bits,
-                    "weights": weights,
-                    "kept": kept,
-                }
+                    groups=None if lay is None else lay.num_groups,
+                    n=None if lay is None else lay.n,
+                    k=None if lay is None else lay.k,
+                    density=1.0 if lay is None else lay.k / lay.n,
+                    bits=32 if quant is None else quant.bits,
+                    weights=weights,
+                    kept=weights if lay is None else weights * lay.k // lay.n,
+                )
             )
         return rows
 
@@ -351,22 +505,26 @@ class Pruner:
         """A table: layer, type, granularity, groups, n, k, density, bits, weights kept."""
         rows = self.rows()
         header = ["layer", "type", "granularity", "groups", "n", "k", "density", "bits", "kept"]
+
+        def cell(value: int | str | None) -> str:
+            return "-" if value is None else str(value)
+
         table = [
             [
-                r["layer"],
-                r["type"],
-                r["granularity"],
-                str(r["groups"]),
-                str(r["n"]),
-                str(r["k"]),
-                f"{r['density']:.4f}",
-                str(r["bits"]),
-                f"{r['kept']:,}/{r['weights']:,}",
+                r.layer,
+                r.type,
+                cell(r.granularity),
+                cell(r.groups),
+                cell(r.n),
+                cell(r.k),
+                f"{r.density:.4f}",
+                cell(r.bits),
+                f"{r.kept:,}/{r.weights:,}",
             ]
             for r in rows
         ]
-        weights = sum(r["weights"] for r in rows)
-        kept = sum(r["kept"] for r in rows)
+        weights = sum(r.weights for r in rows)
+        kept = sum(r.kept for r in rows)
         density = kept / weights if weights else 1.0
         table.append(["total", "", "", "", "", "", f"{density:.4f}", "", f"{kept:,}/{weights:,}"])
         widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=True)]
@@ -414,8 +572,9 @@ class Pruner:
     def finalize(self) -> dict[str, FinalizedLayer]:
         """Bake the deterministic masks (and quantization) into the weights, in place.
 
-        Every masked layer is replaced by a plain ``nn.Linear``/``nn.ConvNd`` holding the same
-        parameter objects, with pruned weights (and, at filter level, their bias entries) set
+        Every masked layer is replaced by its plain class (``nn.Linear``, ``nn.ConvNd``, the
+        user's subclass, ``Conv1D``) holding the same parameter objects (:mod:`dpp.bake`),
+        with pruned weights (and, at filter level, their bias entries) set
         to zero and quantized weights set to exactly ``scale * code``. The model then computes
         what it computed in eval mode, and its state dict loads into the original dense
         architecture with ``strict=True``. The pruner cannot be used afterwards.
@@ -424,40 +583,56 @@ class Pruner:
             ``{layer name: FinalizedLayer}`` with masks, codes and scales.
         """
         self._check_live("finalize")
-        for _, source in self._sources():  # the target k, even if a ramp is unfinished
-            source.current_k = source.layout.k
-        bake_batchnorm_masks(self.model)
-        names = _module_names(self.model)
-        records: dict[str, FinalizedLayer] = {}
-        for name, layer in self.layers.items():
-            plain, rec = unwrap(layer)
-            for alias in names.get(id(layer), [name]):
-                _set_module(self.model, alias, plain)
-            records[name] = FinalizedLayer(
-                layout=layer.dpp_layout,
-                quant=layer.dpp_quant,
-                mask=rec["mask"],
-                codes=rec["codes"],
-                scale=rec["scale"],
-                activation_scale=rec.get("activation_scale"),
-            )
+        records = bake_in_place(self.model, self.layers)
         self._finalized = records
         self.layers = {}
         return records
 
 
-def _initial_logits(cfg: DPPConfig, layout: GroupLayout, module: nn.Module) -> Tensor | None:
-    """``logit_init="magnitude"``: logits ranked like the weights' magnitudes (a DPP start
-    equal to one-shot magnitude pruning), z-scored per group and scaled by
-    ``logit_init_std``; ``"normal"``: ``None`` (the mask source draws N(0, std^2))."""
+def _initial_logits(
+    cfg: DPPConfig,
+    name: str,
+    layout: GroupLayout,
+    module: nn.Module,
+    stats: InputStats | None = None,
+) -> Tensor | None:
+    """Logits of a prior start (``logit_init`` other than ``"normal"``): the prior's scores
+    (:func:`dpp.priors.prior_scores`) z-scored per group and scaled by ``logit_init_std``, so
+    that the deterministic mask is the prior's top-k; ``"normal"``: ``None`` (the mask source
+    draws N(0, std^2))."""
     if cfg.logit_init == "normal":
         return None
-    scores = layout.candidate_scores(module.weight).float()
+    scores = prior_scores(cfg.logit_init, name, module, layout, stats).float()
     if layout.n == 1:
         return torch.zeros_like(scores)
     mean = scores.mean(-1, keepdim=True)
     std = scores.std(-1, keepdim=True).clamp(min=1e-12)
     return (scores - mean) / std * cfg.logit_init_std
+
+
+def _output_head_names(model: nn.Module) -> list[str]:
+    """Names of the module that ``model.get_output_embeddings()`` returns (a language model's
+    output head, e.g. Hugging Face's ``lm_head``), tied to the embeddings or not."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if not isinstance(head, nn.Module):
+        return []
+    return [name for name, m in model.named_modules(remove_duplicate=False) if m is head]
+
+
+def _dense_by_default(model: nn.Module, names: list[str], cfg: DPPConfig) -> dict[str, str]:
+    """Prunable layers left dense unless an ``include`` pattern names them: the output head,
+    which SparseGPT, Wanda and MaskLLM all keep dense (it maps onto the vocabulary, and is
+    often tied to the input embeddings)."""
+    out = {}
+    for head in _output_head_names(model):
+        explicit = cfg.include is not None and any(matches_pattern(head, p) for p in cfg.include)
+        if head in names and not explicit:
+            out[head] = (
+                "output head (get_output_embeddings()); dense by default, prune it with "
+                f"include=[{head!r}, ...]"
+            )
+    return out
 
 
 def _check_model(model: nn.Module) -> None:
@@ -480,7 +655,7 @@ def _check_untied(model: nn.Module, plans: list[tuple[str, nn.Module, LayerSetti
         for p_name, p in module.named_parameters(recurse=False):
             if p_name in ("weight", "bias"):
                 owners.setdefault(id(p), set()).add(mod_name)
-    aliases = _module_names(model)
+    aliases = module_aliases(model)
     for name, module, _ in plans:
         others = owners.get(id(module.weight), set()) - set(aliases.get(id(module), [name]))
         if others:
@@ -494,12 +669,40 @@ def _check_untied(model: nn.Module, plans: list[tuple[str, nn.Module, LayerSetti
 MaskSourceFactory = Callable[[str, nn.Module, GroupLayout], MaskSource]
 
 
+def _check_calibration(
+    cfg: DPPConfig, calibration_data: Any, mask_source: MaskSourceFactory | None
+) -> None:
+    """Calibration data and a data-driven prior come together, or not at all."""
+    needs = cfg.logit_init in CALIBRATED_PRIORS
+    if needs and mask_source is not None:
+        raise ValueError(
+            f"logit_init={cfg.logit_init!r} initialises DPP's logits, but a mask_source "
+            "replaces them; drop one of the two"
+        )
+    if needs and calibration_data is None:
+        raise ValueError(
+            f"logit_init={cfg.logit_init!r} needs calibration inputs: pass "
+            "dpp.prune(..., calibration_data=[batch, ...]) with batches the model is called on"
+        )
+    if calibration_data is not None and not needs:
+        raise ValueError(
+            f"calibration_data is used only by logit_init='wanda' or 'sparsegpt', but "
+            f"logit_init={cfg.logit_init!r}; set logit_init or drop calibration_data"
+        )
+    if isinstance(calibration_data, (Tensor, dict)):
+        raise TypeError(
+            "calibration_data is an iterable of batches; wrap a single batch in a list: "
+            "calibration_data=[batch]"
+        )
+
+
 def prune(
     model: nn.Module,
     config: DPPConfig | dict[str, Any] | None = None,
     *,
     mask_source: MaskSourceFactory | None = None,
     example_inputs: Tensor | tuple[Tensor, ...] | None = None,
+    calibration_data: Iterable[Any] | None = None,
     **options: Any,
 ) -> Pruner:
     """Add Dynamic Probabilistic Pruning to ``model`` in place and return its :class:`Pruner`.
@@ -521,6 +724,10 @@ def prune(
             one forward pass finds the BatchNorm that consumes each pruned layer's output, so
             that its pruned feature maps are zero after that BatchNorm too (see
             :mod:`dpp.batchnorm`); without them a BatchNorm turns a pruned map into its shift.
+        calibration_data: model inputs for the data-driven priors ``logit_init="wanda"`` and
+            ``"sparsegpt"``: an iterable of tensors (``model(x)``), tuples (``model(*x)``) or
+            dicts (``model(**x)``, e.g. ``{"input_ids": ids}``). The dense model runs once
+            over them, in eval mode without gradients, before any layer is replaced.
         **options: :class:`DPPConfig` fields, overriding those of ``config``.
 
     Returns:
@@ -536,7 +743,7 @@ def prune(
         ...     torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
         >>> pruner = dpp.prune(model, granularity="weight", density=0.1,
         ...                    overrides={"2": {"density": 0.5}})
-        >>> [row["k"] for row in pruner.rows()]
+        >>> [row.k for row in pruner.rows()]
         [6, 16]
         >>> out = model(torch.randn(8, 64))  # training mode: a fresh mask per call
         >>> _ = model.eval(); pruner.finalize()["0"].mask.sum(1).unique().tolist()
@@ -552,41 +759,36 @@ def prune(
         if options:
             cfg = cfg.replace(**options)
 
-    skipped = _mha_projections(model)
-    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    if attention:
-        listed = ", ".join(repr(n) for n in attention[:5]) + (", ..." if len(attention) > 5 else "")
-        warnings.warn(
-            f"nn.MultiheadAttention {listed}: not pruned, since it computes its q/k/v and output "
-            "projections from raw weights (in_proj_weight, out_proj.weight) without calling a "
-            "Linear's forward, so a mask there would be ignored. The model's other Linear layers "
-            "(feed-forward included) are pruned; to prune attention projections too, build the "
-            "attention from nn.Linear q/k/v/out modules (see examples/transformer_2of4.py).",
-            stacklevel=2,
-        )
-    candidates: list[tuple[str, nn.Module]] = []
-    seen: set[int] = set()
-    for name, module in model.named_modules():
-        if type(module) in PRUNABLE_TYPES and id(module) not in seen and id(module) not in skipped:
-            seen.add(id(module))
-            candidates.append((name, module))
+    candidates, unsupported = _candidates(model)
     if not candidates:
+        detail = f":\n{_named(unsupported, model)}" if unsupported else ""
         raise ValueError(
-            f"{type(model).__name__} has no layer DPP can prune: it prunes "
-            f"{', '.join(t.__name__ for t in PRUNABLE_TYPES)} modules (exact types, not subclasses)"
+            f"{type(model).__name__} has no layer DPP can prune: it prunes nn.Linear, "
+            "nn.Conv1d/2d/3d, transformers' Conv1D and their subclasses that keep the parent's "
+            f"forward{detail}"
         )
+    _warn_unsupported(model, unsupported, cfg)
     names = [n for n, _ in candidates]
-    unmatched = cfg.unmatched_patterns(names)
+    unmatched = cfg.unmatched_patterns(names + list(unsupported))
     if unmatched:
         listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise ValueError(
             f"pattern(s) matching no prunable layer: {unmatched}. Patterns are globs on module "
             f"names as model.named_modules() prints them; the prunable layers are: {listed}"
         )
-    selected = [(n, m) for n, m in candidates if cfg.selects(n)]
-    excluded = {n for n in names if not cfg.selects(n)}
+    kept_dense = _dense_by_default(model, names, cfg)
+    selected = [(n, m) for n, m in candidates if cfg.selects(n) and n not in kept_dense]
+    excluded = {n for n in names if not cfg.selects(n) or n in kept_dense}
+    if not selected:
+        raise ValueError(_nothing_selected(model, names, unsupported, cfg, kept_dense))
     for pattern in cfg.overrides:
         hits = [n for n in names if n not in excluded and matches_pattern(n, pattern)]
+        if not hits and not any(matches_pattern(n, pattern) for n in names):
+            cannot = {n: why for n, why in unsupported.items() if matches_pattern(n, pattern)}
+            raise ValueError(
+                f"override {pattern!r} matches only modules DPP cannot prune:\n"
+                f"{_named(cannot, model)}"
+            )
         if not hits:
             raise ValueError(
                 f"override {pattern!r} matches only excluded layers "
@@ -607,23 +809,29 @@ def prune(
 
     # Validate everything before changing the model, so a bad setting leaves it untouched.
     _check_untied(model, plans)
+    _check_calibration(cfg, calibration_data, mask_source)
     layouts: dict[str, GroupLayout | None] = {}
     for name, module, s in plans:
         layouts[name] = (
             GroupLayout.for_weight(
-                module.weight.shape,
+                canonical_weight(module).shape,
                 s.granularity,
                 k=s.k,
                 density=s.density,
                 block_size=s.block_size,
-                is_conv=not isinstance(module, nn.Linear),
+                is_conv=isinstance(module, nn.modules.conv._ConvNd),
                 name=name,
             )
             if s.prune
             else None
         )
 
-    module_names = _module_names(model)
+    stats: dict[str, InputStats] = {}
+    if calibration_data is not None:
+        learned = {n: m for n, m, _ in plans if layouts[n] is not None}
+        hessian = learned if cfg.logit_init == "sparsegpt" else ()
+        stats = calibrate(model, learned, calibration_data, hessian=hessian)
+    module_names = module_aliases(model)
     in_fast_path = _fast_path_members(model)
     layers: dict[str, DPPLayer] = {}
     for name, module, s in plans:
@@ -635,7 +843,7 @@ def prune(
             source = DPPMask(
                 layout,
                 init_std=cfg.logit_init_std,
-                init_logits=_initial_logits(cfg, layout, module),
+                init_logits=_initial_logits(cfg, name, layout, module, stats.get(name)),
                 device=module.weight.device,
             )
         new = wrap(
@@ -644,9 +852,10 @@ def prune(
         if id(module) in in_fast_path:
             new.register_forward_pre_hook(_keep_slow_path)
         for alias in module_names.get(id(module), [name]):
-            _set_module(model, alias, new)
+            set_module(model, alias, new)
         layers[name] = new
     pruner = Pruner(model, cfg, layers)
+    pruner.dense_by_default = kept_dense
     has_filters = any(lay is not None and lay.granularity == "filter" for lay in layouts.values())
     if has_filters and example_inputs is not None:
         pruner.batchnorm_links = link_batchnorms(model, layers, example_inputs)
