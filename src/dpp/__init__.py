@@ -16,6 +16,7 @@ Example:
 from .config import DPPConfig, LayerSettings
 from .granularity import GRANULARITIES, GroupLayout
 from .layers import DPPConv1d, DPPConv2d, DPPConv3d, DPPLayer, DPPLinear, is_dpp_layer
+from .maskfile import MaskFileError, load_masks, save_masks
 from .masks import DPPMask, FixedMask, MaskSource
 from .pruner import FinalizedError, FinalizedLayer, Pruner, prune
 from .quantization import QuantSpec
@@ -38,6 +39,7 @@ __all__ = [
     "FixedMask",
     "GroupLayout",
     "LayerSettings",
+    "MaskFileError",
     "MaskSource",
     "Pruner",
     "QuantSpec",
@@ -45,6 +47,8 @@ __all__ = [
     "__version__",
     "gumbel_topk",
     "is_dpp_layer",
+    "load_masks",
     "prune",
     "relaxed_topk",
+    "save_masks",
 ]
