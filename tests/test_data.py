@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import io
 import pickle
 import struct
@@ -25,6 +26,9 @@ from dpp.experiments.data import (
     load_dataset,
     random_crop_flip,
 )
+from dpp.experiments.data.catalogue import RESOURCES
+
+DL = importlib.import_module("dpp.experiments.data.download")
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -289,26 +293,109 @@ def test_lookup_home_cache_and_flat_dirs(tmp_path, monkeypatch):
     assert len(load_dataset("mnist").train) == 8
 
 
-def test_explicit_dir_falls_back(tmp_path, monkeypatch):
-    """An explicit data_dir without the files falls back to the next locations."""
+def test_explicit_dir_is_used_alone(tmp_path, monkeypatch):
+    """An explicit data_dir without the files fails naming it and the fix, even when
+    $DPP_DATA and the user cache hold a complete copy."""
     make_idx_dataset(tmp_path / "env" / "mnist", n_train=9)
+    make_idx_dataset(tmp_path / "xdg-cache" / "dpp" / "mnist", n_train=9)
     monkeypatch.setenv("DPP_DATA", str(tmp_path / "env"))
-    assert len(load_dataset("mnist", data_dir=tmp_path / "empty").train) == 9
+    empty = tmp_path / "empty"
+    with pytest.raises(DatasetNotFoundError) as exc:
+        load_dataset("mnist", data_dir=empty)
+    msg = str(exc.value)
+    assert str(empty) in msg and f"dpp data download mnist --data-dir {empty}" in msg
+    assert str(tmp_path / "env" / "mnist") not in msg.split("To fix")[0]
+
+
+@pytest.mark.parametrize(
+    "remove",
+    [
+        ("test_images", "test_labels"),  # no test files
+        ("train_labels",),  # no labels
+        ("test_labels",),
+    ],
+    ids=["no-test-files", "no-train-labels", "no-test-labels"],
+)
+def test_incomplete_explicit_dir_names_missing_files(tmp_path, monkeypatch, remove):
+    """An explicit directory missing some files fails naming the directory, exactly the
+    missing files and the download command, although the user cache holds a full copy."""
+    make_idx_dataset(tmp_path / "xdg-cache" / "dpp" / "mnist")
+    explicit = tmp_path / "explicit"
+    make_idx_dataset(explicit)
+    for key in remove:
+        (explicit / (IDX_NAMES[key] + ".gz")).unlink()
+    with pytest.raises(DatasetNotFoundError) as exc:
+        load_dataset("mnist", data_dir=explicit)
+    msg = str(exc.value)
+    line = next(ln for ln in msg.splitlines() if ln.strip().startswith(f"- {explicit} ("))
+    for key, stem in IDX_NAMES.items():
+        assert (stem in line) == (key in remove)
+    assert f"dpp data download mnist --data-dir {explicit}" in msg
+    assert str(tmp_path / "xdg-cache") not in msg
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-header"])
+def test_damaged_file_in_explicit_dir_is_an_error(tmp_path, monkeypatch, damage):
+    """A truncated or corrupt file in an explicit directory raises DatasetFormatError naming
+    it; the complete copy in $DPP_DATA is not used instead."""
+    make_idx_dataset(tmp_path / "env" / "mnist", gz=False)
+    monkeypatch.setenv("DPP_DATA", str(tmp_path / "env"))
+    explicit = tmp_path / "explicit"
+    make_idx_dataset(explicit, gz=False)
+    path = explicit / IDX_NAMES["test_images"]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\xff" + data[1:])
+    with pytest.raises(DatasetFormatError) as exc:
+        load_dataset("mnist", data_dir=explicit)
+    assert str(path) in str(exc.value)
+
+
+def test_implicit_search_skips_incomplete_dirs(tmp_path, monkeypatch):
+    """Without an explicit directory an incomplete $DPP_DATA copy is passed over for the
+    complete one in the user cache."""
+    make_idx_dataset(tmp_path / "env" / "mnist", n_train=5)
+    (tmp_path / "env" / "mnist" / (IDX_NAMES["test_labels"] + ".gz")).unlink()
+    make_idx_dataset(tmp_path / "xdg-cache" / "dpp" / "mnist", n_train=7)
+    monkeypatch.setenv("DPP_DATA", str(tmp_path / "env"))
+    assert len(load_dataset("mnist").train) == 7
+
+
+def test_load_records_files_and_digests(tmp_path):
+    """info.files lists every file read, once, with its absolute path, SHA-256 and size."""
+    make_idx_dataset(tmp_path)
+    info = load_dataset("mnist", data_dir=tmp_path).info
+    paths = sorted(Path(f.path) for f in info.files)
+    assert paths == sorted(tmp_path / (stem + ".gz") for stem in IDX_NAMES.values())
+    for f in info.files:
+        payload = Path(f.path).read_bytes()
+        assert f.sha256 == hashlib.sha256(payload).hexdigest() and f.size == len(payload)
+    assert set(info.files[0].to_dict()) == {"path", "sha256", "bytes"}
+
+
+def test_cifar_load_records_every_batch(tmp_path):
+    """CIFAR provenance lists the five train batches and the test batch."""
+    make_cifar10(tmp_path)
+    files = load_dataset("cifar10", data_dir=tmp_path).info.files
+    assert sorted(Path(f.path).name for f in files) == sorted(
+        [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
+    )
 
 
 def test_candidate_dirs_order(tmp_path, monkeypatch):
-    """candidate_dirs lists data_dir/<name>, data_dir, $DPP_DATA/<name>, $DPP_DATA, cache,
-    then the system dir."""
+    """With an explicit dir only data_dir/<name> and data_dir are searched; without one,
+    $DPP_DATA/<name>, $DPP_DATA, the user cache, then the system dir."""
     monkeypatch.setenv("DPP_DATA", str(tmp_path / "env"))
-    dirs = D.candidate_dirs("fmnist", tmp_path / "x")
-    assert dirs[:5] == [
+    assert D.candidate_dirs("fmnist", tmp_path / "x") == [
         tmp_path / "x" / "fashion-mnist",
         tmp_path / "x",
+    ]
+    dirs = D.candidate_dirs("fmnist")
+    assert dirs[:3] == [
         tmp_path / "env" / "fashion-mnist",
         tmp_path / "env",
         tmp_path / "xdg-cache" / "dpp" / "fashion-mnist",
     ]
-    assert dirs[5:] == D.SYSTEM_DIRS["fashion-mnist"]
+    assert dirs[3:] == D.SYSTEM_DIRS["fashion-mnist"]
 
 
 def test_list_datasets(tmp_path):
@@ -697,24 +784,84 @@ def test_verify_checksum(tmp_path):
     assert good in msg and "0" * 32 in msg and "https://example.invalid/blob.bin" in msg
 
 
-def test_fetch_verifies_and_writes_atomically(tmp_path):
-    """The downloader (fed a local file:// URL) writes the file only if its MD5 matches;
-    a mismatch leaves no file behind and names the URL and both checksums."""
-    src = tmp_path / "src.bin"
-    src.write_bytes(b"payload" * 100)
-    url = src.as_uri()
-    md5 = hashlib.md5(src.read_bytes()).hexdigest()
-    out = tmp_path / "out"
-    D._fetch(url, out / "a.bin", md5, progress=False, timeout=5)
-    assert (out / "a.bin").read_bytes() == src.read_bytes()
+class LocalSource:
+    """A stand-in for the network: serves files by URL and counts the fetches."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.fetched: list[str] = []
+
+    def add(self, url: str, payload: bytes) -> tuple[str, str]:
+        self.files[url] = payload
+        return url, hashlib.md5(payload).hexdigest()
+
+    def downloader(self, progress: bool, timeout: float):
+        def fetch(url: str, output_file: str, pooch_obj) -> None:
+            self.fetched.append(url)
+            Path(output_file).write_bytes(self.files[url])
+
+        return fetch
+
+
+@pytest.fixture
+def offline(monkeypatch) -> LocalSource:
+    """Replace the HTTP downloader and the published sources by local bytes."""
+    source = LocalSource()
+    monkeypatch.setattr(DL, "_downloader", source.downloader)
+    monkeypatch.setattr(DL, "RESOURCES", {})
+    return source
+
+
+def _mnist_resources(source: LocalSource, tmp_path: Path) -> list[tuple[str, str]]:
+    make_idx_dataset(tmp_path / "published", gz=True)
+    return [
+        source.add(f"https://example.invalid/{p.name}", p.read_bytes())
+        for p in sorted((tmp_path / "published").iterdir())
+    ]
+
+
+def test_download_verifies_writes_and_is_found(tmp_path, offline, monkeypatch):
+    """download() writes every file of a dataset into ROOT/<name>, load_dataset(data_dir=ROOT)
+    reads it, and a second download fetches nothing."""
+    monkeypatch.setitem(DL.RESOURCES, "mnist", _mnist_resources(offline, tmp_path))
+    root = tmp_path / "root"
+    assert D.download("mnist", root, progress=False) == root / "mnist"
+    assert len(offline.fetched) == 4
+    assert len(load_dataset("mnist", data_dir=root).train) == 12
+    D.download("mnist", root, progress=False)
+    assert len(offline.fetched) == 4
+
+
+def test_download_checksum_mismatch_leaves_nothing(tmp_path, offline, monkeypatch):
+    """A download whose MD5 differs from the published one raises ChecksumError naming the
+    URL and both checksums, and leaves no file behind."""
+    url, md5 = offline.add("https://example.invalid/a.gz", b"payload" * 100)
+    monkeypatch.setitem(DL.RESOURCES, "mnist", [(url, "f" * 32)])
+    root = tmp_path / "root"
     with pytest.raises(ChecksumError) as exc:
-        D._fetch(url, out / "b.bin", "f" * 32, progress=False, timeout=5)
-    assert url in str(exc.value) and md5 in str(exc.value) and "f" * 32 in str(exc.value)
-    assert sorted(p.name for p in out.iterdir()) == ["a.bin"]
+        D.download("mnist", root, progress=False)
+    msg = str(exc.value)
+    assert url in msg and md5 in msg and "f" * 32 in msg
+    assert list((root / "mnist").iterdir()) == []
 
 
-def _tar_with(path: Path, members: dict[str, bytes], symlink: str | None = None) -> None:
-    with tarfile.open(path, "w:gz") as tar:
+def test_download_network_error_names_url_and_destination(tmp_path, monkeypatch):
+    """A failing connection raises DatasetError naming the URL and where to put the file."""
+
+    def refuse(url, output_file, pooch_obj):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(DL, "_downloader", lambda progress, timeout: refuse)
+    monkeypatch.setitem(DL.RESOURCES, "mnist", [("https://example.invalid/a.gz", "0" * 32)])
+    with pytest.raises(D.DatasetError) as exc:
+        D.download("mnist", tmp_path, progress=False)
+    assert "https://example.invalid/a.gz" in str(exc.value)
+    assert str(tmp_path / "mnist" / "a.gz") in str(exc.value)
+
+
+def _tar_bytes(members: dict[str, bytes], symlink: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, payload in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(payload)
@@ -724,32 +871,94 @@ def _tar_with(path: Path, members: dict[str, bytes], symlink: str | None = None)
             info.type = tarfile.SYMTYPE
             info.linkname = symlink
             tar.addfile(info)
+    return buf.getvalue()
 
 
-def test_safe_extract(tmp_path):
-    """Archive extraction writes regular members and refuses path traversal and links."""
-    good = tmp_path / "good.tar.gz"
-    _tar_with(good, {"cifar-10-batches-py/a": b"1", "cifar-10-batches-py/b": b"2"})
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    D._safe_extract(good, dest)
-    assert (dest / "cifar-10-batches-py" / "b").read_bytes() == b"2"
-    assert [p.name for p in dest.iterdir()] == ["cifar-10-batches-py"]  # staging removed
-    for name, kwargs in (
-        ("evil.tar.gz", {"members": {"../evil": b"x"}}),
-        ("link.tar.gz", {"members": {}, "symlink": "/etc/passwd"}),
-    ):
-        bad = tmp_path / name
-        _tar_with(bad, **kwargs)
-        with pytest.raises(DatasetFormatError, match="unsafe"):
-            D._safe_extract(bad, dest)
-    assert not (tmp_path / "evil").exists()
+def test_download_extracts_cifar_archive(tmp_path, offline, monkeypatch):
+    """A CIFAR archive is downloaded, extracted and deleted; the batches then load."""
+    make_cifar10(tmp_path / "published")
+    folder = tmp_path / "published" / "cifar-10-batches-py"
+    members = {f"cifar-10-batches-py/{p.name}": p.read_bytes() for p in folder.iterdir()}
+    url = "https://example.invalid/cifar-10-python.tar.gz"
+    monkeypatch.setitem(DL.RESOURCES, "cifar10", [offline.add(url, _tar_bytes(members))])
+    target = D.download("cifar10", tmp_path / "root", progress=False)
+    assert sorted(p.name for p in target.iterdir()) == ["cifar-10-batches-py"]
+    assert len(load_dataset("cifar10", data_dir=tmp_path / "root").train) == 15
+    D.download("cifar10", tmp_path / "root", progress=False)
+    assert offline.fetched == [url]
+
+
+@pytest.mark.parametrize(
+    "members, symlink",
+    [({"../evil": b"x"}, None), ({}, "/etc/passwd")],
+    ids=["path-traversal", "symlink"],
+)
+def test_download_refuses_unsafe_archive(tmp_path, offline, monkeypatch, members, symlink):
+    """An archive with a member leaving the target or a link is refused, nothing extracted."""
+    url = "https://example.invalid/cifar-10-python.tar.gz"
+    monkeypatch.setitem(DL.RESOURCES, "cifar10", [offline.add(url, _tar_bytes(members, symlink))])
+    with pytest.raises(DatasetFormatError, match="unsafe"):
+        D.download("cifar10", tmp_path / "root", progress=False)
+    assert not (tmp_path / "root" / "evil").exists() and not (tmp_path / "evil").exists()
+    assert not (tmp_path / "root" / "cifar10" / "link").exists()
+
+
+def test_download_rejects_digits():
+    """digits cannot be downloaded: the error says it ships with scikit-learn."""
+    with pytest.raises(ValueError, match="scikit-learn"):
+        D.download("digits")
 
 
 def test_resources_table_is_complete():
     """Every downloadable dataset has URLs with 32-hex-digit MD5s."""
-    assert set(D._RESOURCES) == set(D.DOWNLOADABLE)
-    for entries in D._RESOURCES.values():
+    assert set(RESOURCES) == set(D.DOWNLOADABLE)
+    for entries in RESOURCES.values():
         for url, md5 in entries:
             assert url.startswith(("http://", "https://"))
             assert len(md5) == 32 and int(md5, 16) >= 0
+
+
+def test_cache_dir_comes_from_platformdirs(tmp_path):
+    """The user cache is platformdirs' cache directory for dpp (XDG_CACHE_HOME honoured)."""
+    assert D.cache_dir() == tmp_path / "xdg-cache" / "dpp"
+
+
+@pytest.mark.parametrize("module", ["catalogue", "formats", "augmentation", "loader"])
+def test_docstring_examples(module):
+    """The examples in the data package's docstrings run and print what they show."""
+    import doctest
+
+    mod = importlib.import_module(f"dpp.experiments.data.{module}")
+    result = doctest.testmod(mod, verbose=False)
+    assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.slow
+def test_run_records_the_data_files_it_read(tmp_path):
+    """A finished run's summary.json (and final metrics record) lists the data files read,
+    each with the path and SHA-256 that load_dataset reports."""
+    pytest.importorskip("sklearn")
+    import json
+
+    from dpp.experiments.runconfig import RunConfig
+    from dpp.experiments.trainer import train
+
+    cfg = RunConfig.from_dict(
+        {
+            "name": "provenance",
+            "method": "dense",
+            "output_dir": str(tmp_path),
+            "data": {"dataset": "digits", "batch_size": 256},
+            "model": {"name": "lenet300"},
+            "train": {"epochs": 1, "device": "cpu"},
+            "log": {"progress": "off"},
+        }
+    )
+    result = train(cfg, run_dir=tmp_path / "run", quiet=True)
+    expected = [f.to_dict() for f in load_dataset("digits").info.files]
+    assert (
+        expected
+        and json.loads((result.run_dir / "summary.json").read_text())["data_files"] == expected
+    )
+    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["data_files"] == expected

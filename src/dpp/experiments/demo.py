@@ -1,7 +1,8 @@
 """``dpp demo``: the main job. LeNet-300-100 with DPP at 95% per-neuron sparsity.
 
-Trains on Fashion-MNIST when its files are found (``--data-dir``, ``$DPP_DATA``, the user
-cache or the Debian package), otherwise on scikit-learn's 8x8 digits, and says which. The
+Trains on Fashion-MNIST when its files are found (``$DPP_DATA``, the user cache or the
+Debian package), otherwise on scikit-learn's 8x8 digits, and says which. An explicit
+``--data-dir`` without the files is an error, not a reason to train on digits. The
 last layer (100 -> 10) keeps 50% of its inputs: with only 100 inputs per class, 5 of 100
 would starve the classifier. Ends with a table: parameters dense and kept, per-layer k/n,
 test accuracy and the run directory.
@@ -29,6 +30,8 @@ def demo_config(dataset: str | None = None, data_dir: str | None = None) -> tupl
             where = find_dataset_dir("fashion-mnist", data_dir)
             dataset, note = "fashion-mnist", f"Fashion-MNIST found in {where}"
         except DatasetNotFoundError:
+            if data_dir is not None:  # an explicit directory is used alone, or fails
+                raise
             dataset = "digits"
             note = (
                 "Fashion-MNIST not found (apt-get install dataset-fashion-mnist, or "

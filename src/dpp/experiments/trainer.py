@@ -539,7 +539,8 @@ def train(
     finished = bool(history) and history[-1]["epoch"] >= cfg.train.epochs
     summary: dict[str, Any] = {}
     if finished:
-        summary = _finish(cfg, model, method, history, out_dir, ctx, steps_per_epoch)
+        files = [f.to_dict() for f in splits.info.files]
+        summary = _finish(cfg, model, method, history, out_dir, ctx, steps_per_epoch, files)
     if writer is not None:
         writer.close()
     if ctx.enabled:
@@ -646,6 +647,7 @@ def _finish(
     out_dir: Path | None,
     ctx: DistContext,
     steps_per_epoch: int,
+    data_files: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     pruner = method.pruner
     last = history[-1]
@@ -668,6 +670,7 @@ def _finish(
         "params_kept": kept,
         "seconds_per_epoch": sum(r["train_seconds"] for r in history) / len(history),
         "run_dir": str(out_dir) if out_dir is not None else None,
+        "data_files": data_files or [],  # every data file read, with its sha256
     }
     if "val_acc" in last:
         summary["val_acc"] = last["val_acc"]
