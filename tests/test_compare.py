@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from dpp.experiments import compare
 from dpp.experiments.baselines import BASELINES, GradualKOfN
 from dpp.experiments.cli import main
 from dpp.experiments.compare import load_grid, results_table, run_grid
@@ -86,6 +91,7 @@ def test_grid_expands_runs_with_dense_starts_and_equal_budgets(tmp_path):
     assert RunConfig.from_dict(dpp_run.config).train.epochs == 2
 
 
+@pytest.mark.slow
 def test_grid_runs_resumably_and_tabulates(tmp_path, capsys):
     """run_grid trains every run once (a second call trains nothing), and the table has a
     row per setting x method with the accuracy of the finished runs."""
@@ -96,7 +102,6 @@ def test_grid_runs_resumably_and_tabulates(tmp_path, capsys):
     assert first.count("test ") == len(grid.runs)
     for spec in grid.runs:
         assert (spec.run_dir(grid) / "summary.json").is_file()
-        assert not (spec.run_dir(grid) / ".lock").exists()
     run_grid(load_grid(path))
     assert capsys.readouterr().out == ""  # nothing left to do
     table = results_table(grid)
@@ -120,6 +125,7 @@ def test_grid_rejects_unknown_keys(tmp_path):
         load_grid(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", BASELINES)
 def test_every_baseline_trains_and_keeps_the_constraint(tmp_path, method):
     """Each baseline trains on digits, and its final weights keep what the method promises:
@@ -182,3 +188,106 @@ def _load(tmp_path: Path) -> dict:
     from dpp.experiments.runconfig import load_config_file
 
     return load_config_file(tmp_path / "base.toml")
+
+
+# ------------------------------------------------------------------ grid workers
+def _fake_train(log: Path):
+    """A stand-in for trainer.train: logs which process took which run, then finishes it."""
+
+    def train(cfg=None, *, resume=None, run_dir=None, quiet=True):
+        run_dir = Path(resume if resume is not None else run_dir)
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {run_dir.name}\n")
+        time.sleep(0.02)  # long enough for the other worker to try the same run
+        (run_dir / "summary.json").write_text(json.dumps({"test_acc": 0.5}))
+
+    return train
+
+
+def _worker(grid_path: str, log: str) -> None:
+    import dpp.experiments.trainer as trainer
+
+    trainer.train = _fake_train(Path(log))
+    compare.POLL_SECONDS = 0.01
+    run_grid(load_grid(grid_path))
+
+
+def _many_runs_grid(tmp_path: Path) -> Path:
+    seeds = ", ".join(str(s) for s in range(6))
+    path = _grid(tmp_path, METHODS)
+    path.write_text(path.read_text().replace("seeds = [0]", f"seeds = [{seeds}]"))
+    return path
+
+
+def test_two_workers_never_take_the_same_run(tmp_path):
+    """Two dpp compare workers on one grid together run every run exactly once."""
+    path = _many_runs_grid(tmp_path)
+    log = tmp_path / "claims.log"
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_worker, args=(str(path), str(log))) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+        assert w.exitcode == 0
+    claims = [line.split() for line in log.read_text().splitlines()]
+    taken = [run for _, run in claims]
+    grid = load_grid(path)
+    assert sorted(taken) == sorted(r.run_id for r in grid.runs)  # each once, none missed
+
+
+def _hold(lock_path: str, ready) -> None:
+    from filelock import FileLock
+
+    lock = FileLock(lock_path)
+    lock.acquire()  # held until this process is killed
+    ready.set()
+    time.sleep(60)
+
+
+def test_claim_is_exclusive_and_dies_with_its_worker(tmp_path):
+    """A run held by a live worker cannot be claimed; once that worker is killed the run is
+    claimable again (a killed worker's run is resumed, not lost)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(run_dir / ".lock"), ready))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        assert compare._claim(run_dir) is None
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+    lock = compare._claim(run_dir)
+    assert lock is not None
+    assert compare._claim(run_dir) is None  # and now this worker holds it
+    lock.release()
+
+
+def test_worker_resumes_a_partial_run_left_by_a_dead_worker(tmp_path, monkeypatch):
+    """A run with a checkpoint and a stale .lock (its worker died) is resumed by the next
+    worker, and finished runs are not trained again."""
+    path = _grid(tmp_path, METHODS)
+    grid = load_grid(path)
+    partial, done = grid.runs[0], grid.runs[1]
+    partial.run_dir(grid).mkdir(parents=True)
+    (partial.run_dir(grid) / "checkpoint.pt").write_bytes(b"")
+    (partial.run_dir(grid) / ".lock").write_text("12345")  # what a dead worker left
+    done.run_dir(grid).mkdir(parents=True)
+    (done.run_dir(grid) / "summary.json").write_text(json.dumps({"test_acc": 0.5}))
+    calls = []
+
+    def train(cfg=None, *, resume=None, run_dir=None, quiet=True):
+        target = Path(resume if resume is not None else run_dir)
+        calls.append((target.name, resume is not None))
+        (target / "summary.json").write_text(json.dumps({"test_acc": 0.5}))
+
+    import dpp.experiments.trainer as trainer
+
+    monkeypatch.setattr(trainer, "train", train)
+    run_grid(grid)
+    assert (partial.run_id, True) in calls
+    assert all(name != done.run_id for name, _ in calls)
+    assert len(calls) == len(grid.runs) - 1

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from .runconfig import ConfigError, RunConfig, apply_overrides, load_config_file
 
 __all__ = ["Grid", "RunSpec", "load_grid", "results_table", "run_grid"]
@@ -167,27 +169,24 @@ def _status(spec: RunSpec, grid: Grid) -> str:
     return "todo"
 
 
-def _try_lock(run_dir: Path) -> bool:
-    """Claim a run for this process (several ``dpp compare`` workers can share a grid)."""
-    import os
+def _claim(run_dir: Path) -> FileLock | None:
+    """Claim a run for this process, or ``None`` when another worker holds it.
 
+    The claim is an ``flock`` on ``<run_dir>/.lock`` (through ``filelock``): the kernel
+    drops it when its worker exits, however it exits, so a killed worker's run is taken
+    (and resumed) by the next worker, and no two live workers ever hold one run.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / ".lock"
+    lock = FileLock(run_dir / ".lock")
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            pid = int(lock.read_text() or "0")
-            os.kill(pid, 0)
-            return False  # a live worker has it
-        except (ValueError, ProcessLookupError):
-            lock.unlink(missing_ok=True)  # stale: its worker died
-            return _try_lock(run_dir)
-        except PermissionError:
-            return False
-    with os.fdopen(fd, "w") as fh:
-        fh.write(str(os.getpid()))
-    return True
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+#: Seconds a worker waits when every run left is claimed by others or waits on them.
+POLL_SECONDS = 10.0
 
 
 def run_grid(
@@ -195,8 +194,9 @@ def run_grid(
 ) -> None:
     """Run every missing run of the grid (resuming partial ones).
 
-    Several workers may run the same grid at once: each claims a run with a lock file, and a
-    run that starts from a dense run waits until that one is finished.
+    Several workers may run the same grid at once: each claims a run with a file lock
+    (:func:`_claim`), and a run that starts from a dense run waits until that one is
+    finished.
     """
     from .trainer import train
 
@@ -216,10 +216,15 @@ def run_grid(
             if spec.needs and _status(grid_spec(grid, spec.needs), grid) != "done":
                 continue
             run_dir = spec.run_dir(grid)
-            if _status(spec, grid) == "done" or not _try_lock(run_dir):
+            if _status(spec, grid) == "done":
+                continue
+            lock = _claim(run_dir)
+            if lock is None:
                 continue
             try:
-                status = _status(spec, grid)
+                status = _status(spec, grid)  # again: another worker may have finished it
+                if status == "done":
+                    continue
                 t0 = time.perf_counter()
                 print(f"[{time.strftime('%H:%M:%S')}] {spec.run_id} ({status})", flush=True)
                 if status == "partial":
@@ -232,11 +237,11 @@ def run_grid(
                     flush=True,
                 )
             finally:
-                (run_dir / ".lock").unlink(missing_ok=True)
+                lock.release()
             done += 1
             progressed = True
         if not progressed:
-            time.sleep(10)  # everything left is claimed by other workers or waits on them
+            time.sleep(POLL_SECONDS)
 
 
 def grid_spec(grid: Grid, run_id: str) -> RunSpec:
