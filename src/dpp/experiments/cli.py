@@ -49,11 +49,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        for split, r in results.items():
-            print(
-                f"{split:<6} accuracy {100 * r['acc']:.2f}%  loss {r['loss']:.4f}  "
-                f"({r['n']:,} images)"
-            )
+        from .tables import format_table
+
+        rows = [
+            [split, f"{100 * r['acc']:.2f}%", f"{r['loss']:.4f}", f"{r['n']:,}"]
+            for split, r in results.items()
+        ]
+        print(format_table(rows, ["split", "accuracy", "loss", "images"]))
     return 0
 
 
@@ -87,17 +89,20 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     from .data import download, list_datasets
+    from .tables import format_table
 
     if args.action == "list":
-        for row in list_datasets(args.data_dir):
-            where = row["path"] if row["found"] else "not found"
-            print(f"{row['name']:<14} {where}")
+        rows = [
+            [row["name"], row["path"] if row["found"] else "not found"]
+            for row in list_datasets(args.data_dir)
+        ]
+        print(format_table(rows, fmt="plain", align="ll"))
         return 0
     if not args.name:
         raise SystemExit(
             "dpp data download: name a dataset (mnist, fashion-mnist, cifar10, cifar100)"
         )
-    path = download(args.name, args.root)
+    path = download(args.name, args.data_dir or args.root)
     print(f"{args.name} ready in {path}")
     return 0
 
@@ -154,10 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="list or download datasets")
     p.add_argument("action", choices=["list", "download"])
     p.add_argument("name", nargs="?", help="dataset to download")
+    p.add_argument("--root", help="the same as --data-dir (for download)")
     p.add_argument(
-        "--root", help="download into ROOT/<name> (default: $DPP_DATA or the user cache)"
+        "--data-dir",
+        help="list: look only here; download: into DATA_DIR/<name>, where "
+        "--data-dir DATA_DIR (data.data_dir) finds it (default: $DPP_DATA or the user cache)",
     )
-    p.add_argument("--data-dir", help="extra directory to look in (list)")
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("demo", help="the main job: LeNet-300-100 at 95%% sparsity, with a report")

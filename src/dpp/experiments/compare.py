@@ -42,6 +42,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from .runconfig import ConfigError, RunConfig, apply_overrides, load_config_file
+from .tables import format_table
 
 __all__ = ["Grid", "RunSpec", "load_grid", "results_table", "run_grid"]
 
@@ -264,10 +265,16 @@ def _mean_std(values: list[float]) -> str:
 
 def results_table(grid: Grid) -> str:
     """Markdown table: one row per setting x method, accuracy mean ± std over seeds."""
-    rows = [
-        "| setting | method | test accuracy (%) | seeds | kept weights | compression | s/epoch |",
-        "|---|---|---|---|---|---|---|",
+    header = [
+        "setting",
+        "method",
+        "test accuracy (%)",
+        "seeds",
+        "kept weights",
+        "compression",
+        "s/epoch",
     ]
+    rows = []
     for setting in ["reference", *grid.settings]:
         for method in grid.methods:
             specs = [r for r in grid.runs if r.setting == setting and r.method == method]
@@ -281,19 +288,24 @@ def results_table(grid: Grid) -> str:
             ratio = storage["total"]["compression_ratio"] if storage else None
             secs = [s["seconds_per_epoch"] for s in summaries]
             rows.append(
-                f"| {setting} | {method} | {_mean_std(accs)} | {len(accs)}/{len(specs)} "
-                f"| {f'{kept:,}/{dense:,}' if kept else '-'} "
-                f"| {f'{ratio:.1f}x' if ratio else '-'} "
-                f"| {f'{statistics.median(secs):.2f}' if secs else '-'} |"
+                [
+                    setting,
+                    method,
+                    _mean_std(accs),
+                    f"{len(accs)}/{len(specs)}",
+                    f"{kept:,}/{dense:,}" if kept else "-",
+                    f"{ratio:.1f}x" if ratio else "-",
+                    f"{statistics.median(secs):.2f}" if secs else "-",
+                ]
             )
-    return "\n".join(rows)
+    return format_table(rows, header, fmt="markdown", align="llrrrrr")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     if args.dry_run:
-        for spec in grid.runs:
-            print(f"{_status(spec, grid):<8} {spec.run_id}")
+        rows = [[_status(spec, grid), spec.run_id] for spec in grid.runs]
+        print(format_table(rows, fmt="plain", align="ll"))
         return 0
     if not args.table_only:
         run_grid(grid, only=args.only, quiet=not args.verbose, max_runs=args.max_runs)
