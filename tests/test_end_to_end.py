@@ -53,7 +53,7 @@ def test_sparse_mlp_learns_digits():
         temperature=dpp.Schedule("linear", start=2.0, end=0.5, steps=steps),
         noise_scale=dpp.Schedule("linear", start=1.0, end=0.0, steps=steps),
     )
-    assert [row["k"] for row in pruner.rows()] == [6, 13, 32]
+    assert [row.k for row in pruner.rows()] == [6, 13, 32]
     opt = torch.optim.Adam(pruner.param_groups(lr=1e-2, logit_lr=5e-2))
     loss_fn = nn.CrossEntropyLoss()
     model.train()

@@ -13,7 +13,7 @@ from torch import nn
 
 import dpp
 from dpp.export import PackedFileError, load_packed, read_packed, save_packed
-from dpp.export.packed import index_dtype
+from dpp.export.packed import index_dtype, tensor_digest
 
 # These tests prune filters without example inputs on purpose: shrink() must handle the
 # BatchNorm shift of unlinked masks (dpp.prune warns about it).
@@ -218,11 +218,16 @@ def packed_file(tmp_path):
 
 
 def _rewrite(src, dst, *, tensors=None, meta=None):
+    """A copy of a packed file with some tensors or metadata changed, its digests made to match
+    (a consistent but wrong file, as a buggy writer would make it)."""
     with safe_open(str(src), "pt") as f:
         all_tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         metadata = dict(f.metadata())
     if tensors:
         all_tensors.update(tensors)
+        info = json.loads(metadata["dpp"])
+        info["digests"] = {k: tensor_digest(t) for k, t in all_tensors.items()}
+        metadata["dpp"] = json.dumps(info)
     if meta:
         metadata.update(meta(metadata))
     save_file(all_tensors, str(dst), metadata=metadata)

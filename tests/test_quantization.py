@@ -263,7 +263,7 @@ def test_pruned_4bit_mlp_learns_digits():
     pruner = dpp.prune(
         model, density=0.1, weight_bits=4, noise_scale=0.1, overrides={"4": {"density": 0.5}}
     )
-    assert [r["k"] for r in pruner.rows()] == [6, 13, 32]
+    assert [r.k for r in pruner.rows()] == [6, 13, 32]
     opt = torch.optim.Adam(pruner.param_groups(lr=1e-2, logit_lr=5e-2))
     for _ in range(6):
         order = train[torch.randperm(len(train), generator=gen)]

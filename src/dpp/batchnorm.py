@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import DPPLayer
+from .modeltools import as_inputs
 
 __all__ = ["ChannelMaskAfterNorm", "bake_batchnorm_masks", "link_batchnorms", "linked_batchnorms"]
 
@@ -37,10 +38,6 @@ class ChannelMaskAfterNorm:
             return output
         shape = (1, -1) + (1,) * (output.dim() - 2)
         return output * mask.reshape(shape).to(output.dtype)
-
-
-def _inputs(example_inputs: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
-    return (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
 
 
 def link_batchnorms(
@@ -91,7 +88,7 @@ def link_batchnorms(
     model.eval()
     try:
         with torch.no_grad():
-            model(*_inputs(example_inputs))
+            model(*as_inputs(example_inputs))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -109,30 +106,30 @@ def link_batchnorms(
     return links
 
 
-def linked_batchnorms(model: nn.Module) -> list[tuple[nn.Module, ChannelMaskAfterNorm, int]]:
-    """Every (BatchNorm, its channel-mask hook, the hook's key) in ``model``."""
+def linked_batchnorms(model: nn.Module) -> list[tuple[str, nn.Module, ChannelMaskAfterNorm, int]]:
+    """Every (name, BatchNorm, its channel-mask hook, the hook's key) in ``model``."""
     out = []
-    for module in model.modules():
+    for name, module in model.named_modules():
         for key, hook in list(module._forward_hooks.items()):
             if isinstance(hook, ChannelMaskAfterNorm):
-                out.append((module, hook, key))
+                out.append((name, module, hook, key))
     return out
 
 
 @torch.no_grad()
-def bake_batchnorm_masks(model: nn.Module) -> int:
+def bake_batchnorm_masks(model: nn.Module) -> list[tuple[str, DPPLayer]]:
     """Zero the weight and bias of every linked BatchNorm's pruned channels (from the filter
     layer's deterministic mask) and remove the hooks; call before the layers are unwrapped.
 
     Returns:
-        How many BatchNorms were baked.
+        ``(BatchNorm name, its filter layer)`` of every BatchNorm baked.
     """
     links = linked_batchnorms(model)
-    for norm, hook, key in links:
+    for _, norm, hook, key in links:
         layer = hook.layer
         assert layer.dpp is not None and layer.dpp_layout is not None
         channels = layer.dpp_layout.bias_mask(layer.dpp.deterministic(layer.weight))
         norm.weight.mul_(channels.to(norm.weight.dtype))
         norm.bias.mul_(channels.to(norm.bias.dtype))
         del norm._forward_hooks[key]
-    return len(links)
+    return [(name, hook.layer) for name, _, hook, _ in links]

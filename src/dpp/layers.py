@@ -1,15 +1,39 @@
-"""Masked drop-in replacements of ``nn.Linear`` and ``nn.Conv1d/2d/3d``.
+"""Masked drop-in replacements of ``nn.Linear``, ``nn.Conv1d/2d/3d`` and their subclasses.
 
 :func:`wrap` turns a plain layer into its masked twin *in place of the same parameters*:
 ``weight`` and ``bias`` stay the same ``nn.Parameter`` objects under the same state-dict
 keys, hooks and attributes are kept, and DPP adds only its own entries (``dpp.logits`` for a
 learned mask, ``dpp.mask`` for a fixed one, ``dpp_act.running_max`` for activation
 quantization). :func:`unwrap` bakes the deterministic mask (and quantization) into the
-weights and gives back the plain layer class.
+weights and gives back the plain layer class, with a :class:`FinalizedLayer` record.
+
+Which classes are prunable (:func:`masked_class`):
+
+* ``nn.Linear``, ``nn.Conv1d/2d/3d``: :class:`DPPLinear`, :class:`DPPConv1d`, ...;
+* a subclass of one of them whose ``forward`` is the parent's (e.g. a layer that only adds
+  attributes): a twin class made once per subclass, so ``isinstance(m, UserClass)`` holds
+  while pruned, and the module is again a ``UserClass`` after finalize;
+* Hugging Face's ``transformers.pytorch_utils.Conv1D`` (GPT-2), whose weight is stored
+  ``[in, out]``: DPP sees it as a Linear ``[out, in]`` (:func:`canonical_weight`), so its
+  groups run over its inputs. ``transformers`` is never imported here.
+
+Example:
+    >>> import torch
+    >>> from dpp.layers import masked_class
+    >>> class Tagged(torch.nn.Linear):  # same forward as nn.Linear
+    ...     tag = "mine"
+    >>> class Own(torch.nn.Linear):
+    ...     def forward(self, x):
+    ...         return super().forward(x) * 2
+    >>> masked_class(torch.nn.Linear).__name__, masked_class(Tagged).__name__, masked_class(Own)
+    ('DPPLinear', 'DPPTagged', None)
+    >>> issubclass(masked_class(Tagged), Tagged)
+    True
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +42,13 @@ from torch import Tensor, nn
 
 from .granularity import GroupLayout
 from .masks import MaskSource
-from .quantization import ActivationQuantizer, QuantSpec, fake_quantize, quantize_weight
+from .quantization import (
+    ActivationQuantizer,
+    QuantSpec,
+    fake_quantize,
+    fake_quantize_input,
+    quantize_weight,
+)
 
 __all__ = [
     "PRUNABLE_TYPES",
@@ -27,13 +57,75 @@ __all__ = [
     "DPPConv3d",
     "DPPLayer",
     "DPPLinear",
+    "FinalizedLayer",
+    "InputQuantHook",
+    "canonical_weight",
     "is_dpp_layer",
+    "is_hf_conv1d",
+    "masked_class",
     "unwrap",
     "wrap",
 ]
 
 _DPP_ATTRS = ("dpp_layout", "dpp_quant", "_dpp_dense_cls", "dpp", "dpp_act", "_dpp_channel_mask")
 _DPP_MODULES = ("dpp", "dpp_act")
+
+
+@dataclass
+class FinalizedLayer:
+    """What baking put into one layer: the one record of a baked layer.
+
+    :meth:`dpp.Pruner.finalize`, :func:`dpp.bake.bake` and every exporter read it. Tensors are
+    oriented like ``layout.weight_shape`` (the weight's own shape, except for a Hugging Face
+    ``Conv1D``, whose ``[in, out]`` weight DPP sees transposed as ``[out, in]``).
+
+    Attributes:
+        layout: the group layout, or ``None`` for a quantize-only layer.
+        quant: the quantization spec, or ``None`` for float weights.
+        mask: bool tensor shaped like the weight (``None`` when not pruned).
+        codes: int8 codes shaped like the weight (``None`` when not quantized);
+            the finalized weight is exactly ``scale * codes``.
+        scale: float scales, ``[C_out, 1, ...]`` or ``[1, 1, ...]``.
+        activation_scale: the input's fixed 8-bit scale (0-d) when activations were quantized.
+        dense_cls: the plain class the layer is again (``nn.Linear``, the user's subclass, ...).
+        channel_mask: bool ``[C_out]`` of the kept output units (filter granularity only).
+        batchnorms: names of the BatchNorms linked to this layer's channel mask (their weight
+            and bias are zero on the pruned channels).
+    """
+
+    layout: GroupLayout | None
+    quant: QuantSpec | None
+    mask: Tensor | None
+    codes: Tensor | None
+    scale: Tensor | None
+    activation_scale: Tensor | None = None
+    dense_cls: type | None = None
+    channel_mask: Tensor | None = None
+    batchnorms: tuple[str, ...] = ()
+
+    @property
+    def module_type(self) -> str:
+        """Class name of the plain layer (``"Linear"``, ``"Conv2d"``, ``"Conv1D"``, ...)."""
+        return "?" if self.dense_cls is None else self.dense_cls.__name__
+
+    @property
+    def transposed(self) -> bool:
+        """Whether the module stores its weight transposed (``Conv1D``: ``[in, out]``)."""
+        return self.dense_cls is not None and is_hf_conv1d(self.dense_cls)
+
+
+def is_hf_conv1d(cls: type) -> bool:
+    """Whether ``cls`` is (a subclass of) ``transformers.pytorch_utils.Conv1D``."""
+    return any(
+        c.__name__ == "Conv1D" and c.__module__ == "transformers.pytorch_utils"
+        for c in getattr(cls, "__mro__", ())
+    )
+
+
+def canonical_weight(module: nn.Module) -> Tensor:
+    """The weight as DPP groups it: ``[out, in, ...]`` (a ``Conv1D``'s ``[in, out]`` transposed)."""
+    weight: Tensor = module.weight  # type: ignore[assignment]
+    return weight.t() if is_hf_conv1d(type(module)) else weight
 
 
 class DPPLayer:
@@ -58,15 +150,15 @@ class DPPLayer:
         """The ``[num_groups, n]`` mask of this forward call (sampled in training mode)."""
         if self.dpp is None:
             return None
-        return self.dpp(self.weight)
+        return self.dpp(canonical_weight(self))  # type: ignore[arg-type]
 
     def dpp_weight_bias(self, group_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Effective ``(weight, bias)``: masked, then fake-quantized.
+        """Effective ``(weight, bias)``, masked then fake-quantized; the weight ``[out, in, ...]``.
 
         Args:
             group_mask: ``[num_groups, n]`` mask to apply; by default the mask of this call.
         """
-        w, b = self.weight, self.bias
+        w, b = canonical_weight(self), self.bias  # type: ignore[arg-type]
         if group_mask is None:
             group_mask = self.dpp_group_mask()
         kept = None
@@ -91,8 +183,10 @@ class DPPLayer:
             return None
         assert self.dpp_layout is not None
         with torch.no_grad():
-            group_mask = self.dpp.deterministic(self.weight)
-            return self.dpp_layout.expand(group_mask).expand(self.weight.shape) != 0
+            weight = canonical_weight(self)  # type: ignore[arg-type]
+            mask = self.dpp_layout.expand(self.dpp.deterministic(weight)).expand(weight.shape)
+            mask = mask != 0
+            return mask.t() if is_hf_conv1d(type(self)) else mask
 
     def _dpp_input(self, x: Tensor) -> Tensor:
         return x if self.dpp_act is None else self.dpp_act(x)
@@ -141,6 +235,18 @@ class DPPConv3d(_DPPConvMixin, nn.Conv3d):
     """``nn.Conv3d`` whose weight is masked k-of-n (and optionally quantized)."""
 
 
+class _DPPConv1DMixin(DPPLayer):
+    """Hugging Face ``Conv1D`` (``y = x @ W + b``, ``W [in, out]``) computed as a Linear."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        w, b = self.dpp_weight_bias()  # [out, in]
+        return F.linear(self._dpp_input(input), w, b)
+
+    def __repr__(self) -> str:
+        nf, nx = self.nf, self.nx  # type: ignore[attr-defined]
+        return f"{type(self).__name__}(nf={nf}, nx={nx}, {self._dpp_repr()})"
+
+
 _MASKED_CLASS: dict[type, type] = {
     nn.Linear: DPPLinear,
     nn.Conv1d: DPPConv1d,
@@ -148,9 +254,53 @@ _MASKED_CLASS: dict[type, type] = {
     nn.Conv3d: DPPConv3d,
 }
 PRUNABLE_TYPES: tuple[type, ...] = tuple(_MASKED_CLASS)
+"""The base classes DPP prunes (their subclasses too, see :func:`masked_class`)."""
+
+_TWINS: dict[type, type] = {}
+
+
+def _prunable_base(cls: type) -> type | None:
+    """The nearest class of ``cls``'s MRO that DPP knows how to mask."""
+    for c in cls.__mro__:
+        if c in _MASKED_CLASS or (c.__name__ == "Conv1D" and is_hf_conv1d(c)):
+            return c
+    return None
+
+
+def masked_class(cls: type) -> type | None:
+    """The masked twin class of ``cls``, or ``None`` when DPP cannot prune it.
+
+    A subclass of a prunable class is prunable when its ``forward`` is the parent's (a
+    subclass with its own forward may use the weight in a way a mask would not see). Twin
+    classes are made once per class and cached.
+    """
+    if issubclass(cls, DPPLayer):
+        return None
+    if cls in _MASKED_CLASS:
+        return _MASKED_CLASS[cls]
+    if cls in _TWINS:
+        return _TWINS[cls]
+    base = _prunable_base(cls)
+    if base is None or cls.forward is not base.forward:  # type: ignore[attr-defined]
+        return None
+    if base is cls:  # transformers' Conv1D itself
+        parent: type = _DPPConv1DMixin
+    else:
+        parent = masked_class(base)  # type: ignore[assignment]
+    twin = type(
+        f"DPP{cls.__name__}",
+        (parent, cls),
+        {
+            "__doc__": f"``{cls.__qualname__}`` whose weight is masked k-of-n by DPP.",
+            "__module__": __name__,
+        },
+    )
+    _TWINS[cls] = twin
+    return twin
 
 
 def is_dpp_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a masked twin (a live DPP layer)."""
     return isinstance(module, DPPLayer)
 
 
@@ -176,14 +326,17 @@ def wrap(
     quant: QuantSpec | None = None,
     activation_bits: int | None = None,
 ) -> DPPLayer:
-    """The masked twin of a plain ``nn.Linear``/``nn.ConvNd``, sharing its parameters."""
+    """The masked twin of a plain prunable layer (see :func:`masked_class`), sharing its
+    parameters."""
     base = type(module)
-    if base not in _MASKED_CLASS:
+    twin = masked_class(base)
+    if twin is None:
         raise TypeError(
             f"cannot mask a {base.__name__}; supported: "
-            f"{', '.join(t.__name__ for t in PRUNABLE_TYPES)}"
+            f"{', '.join(t.__name__ for t in PRUNABLE_TYPES)}, transformers' Conv1D, and "
+            "their subclasses that keep the parent's forward"
         )
-    new = _copy_module_state(module, _MASKED_CLASS[base])
+    new = _copy_module_state(module, twin)
     new.dpp_layout = layout
     new.dpp_quant = quant
     new._dpp_dense_cls = base
@@ -198,44 +351,58 @@ def wrap(
     return new
 
 
-class _InputQuantHook:
-    """Forward pre-hook of a finalized layer: fixed 8-bit fake quantization of its input."""
+class InputQuantHook:
+    """Forward pre-hook of a baked layer: fixed 8-bit fake quantization of its input.
 
-    def __init__(self, quantizer: ActivationQuantizer) -> None:
-        self.quantizer = quantizer.eval()
+    Args:
+        scale: the fixed 0-d scale (``ActivationQuantizer.scale()`` when baked).
+    """
+
+    def __init__(self, scale: Tensor) -> None:
+        self.scale = scale.detach().clone()
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (self.quantizer(args[0]), *args[1:])
+        return (fake_quantize_input(args[0], self.scale), *args[1:])
 
 
-def unwrap(layer: DPPLayer) -> tuple[nn.Module, dict[str, Tensor | None]]:
+def unwrap(layer: DPPLayer) -> tuple[nn.Module, FinalizedLayer]:
     """Bake the deterministic mask and quantization into the weights; give back the plain layer.
 
     The returned layer is of the original class, holds the same ``nn.Parameter`` objects
     (their values replaced in place) and computes exactly what ``layer`` computes in eval mode.
+    Linked BatchNorms are baked by :func:`dpp.batchnorm.bake_batchnorm_masks`, before this.
 
     Returns:
-        ``(plain_layer, record)`` with ``record`` holding ``mask`` (bool, weight shape, or
-        ``None``), ``codes`` (int8) and ``scale`` (or ``None`` when not quantized).
+        ``(plain_layer, record)``.
     """
     assert isinstance(layer, nn.Module)
-    record: dict[str, Tensor | None] = {"mask": None, "codes": None, "scale": None}
+    record = FinalizedLayer(
+        layout=layer.dpp_layout,
+        quant=layer.dpp_quant,
+        mask=None,
+        codes=None,
+        scale=None,
+        dense_cls=layer._dpp_dense_cls,
+    )
     with torch.no_grad():
-        group_mask = None if layer.dpp is None else layer.dpp.deterministic(layer.weight)
+        weight = canonical_weight(layer)
+        group_mask = None if layer.dpp is None else layer.dpp.deterministic(weight)
         w, b = layer.dpp_weight_bias(group_mask)
         if group_mask is not None:
             assert layer.dpp_layout is not None
-            record["mask"] = layer.dpp_layout.expand(group_mask).expand(w.shape) != 0
+            record.mask = (layer.dpp_layout.expand(group_mask).expand(w.shape) != 0).clone()
+            if layer.dpp_layout.prunes_bias:
+                record.channel_mask = layer.dpp_layout.bias_mask(group_mask).clone() != 0
         if layer.dpp_quant is not None:
-            masked = layer.weight if record["mask"] is None else layer.weight * record["mask"]
-            codes, scale = quantize_weight(masked, layer.dpp_quant, record["mask"])
-            record["codes"], record["scale"] = codes, scale
+            masked = weight if record.mask is None else weight * record.mask
+            codes, scale = quantize_weight(masked, layer.dpp_quant, record.mask)
+            record.codes, record.scale = codes, scale
             w = scale * codes.to(scale.dtype)
-        layer.weight.copy_(w)
+        weight.copy_(w)
         if b is not None and layer.bias is not None:
             layer.bias.copy_(b)
     plain = _copy_module_state(layer, layer._dpp_dense_cls, drop=_DPP_ATTRS)
     if layer.dpp_act is not None:
-        record["activation_scale"] = layer.dpp_act.scale().detach().clone()
-        plain.register_forward_pre_hook(_InputQuantHook(layer.dpp_act))
+        record.activation_scale = layer.dpp_act.scale().detach().clone()
+        plain.register_forward_pre_hook(InputQuantHook(record.activation_scale))
     return plain, record

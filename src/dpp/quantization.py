@@ -22,6 +22,7 @@ __all__ = [
     "ActivationQuantizer",
     "QuantSpec",
     "fake_quantize",
+    "fake_quantize_input",
     "quantize_weight",
 ]
 
@@ -144,6 +145,22 @@ def quantize_weight(
     return codes.to(torch.int8), s
 
 
+def fake_quantize_input(x: Tensor, scale: Tensor, bits: int = 8) -> Tensor:
+    """Symmetric ``bits``-bit fake quantization of an input with a fixed 0-d ``scale``.
+
+    ``scale * round(x / scale)`` clipped to ``[-L, L]`` codes (``L = 2^(bits-1) - 1``), with a
+    straight-through gradient inside the range.
+
+    Example:
+        >>> import torch
+        >>> fake_quantize_input(torch.tensor([0.26, -3.0, 0.5]), torch.tensor(0.01)).tolist()
+        [0.25999999046325684, -1.2699999809265137, 0.5]
+    """
+    levels = 2 ** (bits - 1) - 1
+    s = scale.to(device=x.device, dtype=x.dtype)
+    return _FakeQuant.apply(x, s, levels, False)
+
+
 class ActivationQuantizer(nn.Module):
     """Symmetric 8-bit fake quantization of a layer's input with a running max-abs range.
 
@@ -174,5 +191,4 @@ class ActivationQuantizer(nn.Module):
                 batch_max = x.detach().abs().amax().to(self.running_max.dtype)
                 ema = self.running_max + self.momentum * (batch_max - self.running_max)
                 self.running_max.copy_(torch.where(self.running_max > 0, ema, batch_max))
-        s = self.scale().to(x.dtype)
-        return _FakeQuant.apply(x, s, self.levels, False)
+        return fake_quantize_input(x, self.scale(), self.bits)

@@ -63,11 +63,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .bake import Baked, bake
 from .granularity import GroupLayout
-from .layers import PRUNABLE_TYPES, is_dpp_layer
-from .masks import MaskSource
-from .pruner import FinalizedLayer, Pruner
-from .quantization import ActivationQuantizer, QuantSpec
+from .layers import FinalizedLayer, canonical_weight, masked_class
+from .pruner import Pruner
+from .quantization import QuantSpec
 
 __all__ = ["FormatBits", "LayerStorage", "StorageReport", "storage_report"]
 
@@ -286,7 +286,7 @@ class StorageReport:
 
 
 def storage_report(
-    source: nn.Module | Pruner | Mapping[str, FinalizedLayer],
+    source: nn.Module | Pruner | Baked | Mapping[str, FinalizedLayer],
     *,
     model: nn.Module | None = None,
     include_buffers: bool = True,
@@ -299,7 +299,7 @@ def storage_report(
             * a model holding DPP layers (live, after :func:`dpp.prune`): each layer's
               ``dpp_layout``, ``dpp_quant`` and ``dpp_act`` say how it is stored;
             * a :class:`~dpp.Pruner`, live or finalized (its ``finalized_layers`` then say how
-              the plain layers of ``pruner.model`` are stored);
+              the plain layers of ``pruner.model`` are stored), or a :class:`~dpp.bake.Baked`;
             * a ``{name: FinalizedLayer}`` mapping (``pruner.finalized_layers``), with ``model``
               the finalized model.
 
@@ -330,18 +330,7 @@ def storage_report(
         >>> report["1"].packed.total  # BatchNorm: weight, bias, running mean and var, fp32
         1024
     """
-    records: Mapping[str, FinalizedLayer]
-    if isinstance(source, Pruner):
-        if model is not None:
-            raise TypeError(
-                "model= is only for a mapping of finalized layers; a Pruner has its own"
-            )
-        model, records = source.model, source.finalized_layers
-    elif isinstance(source, nn.Module):
-        if model is not None:
-            raise TypeError("model= is only for a mapping of finalized layers, not with a model")
-        model, records = source, {}
-    elif isinstance(source, Mapping):
+    if isinstance(source, Mapping):
         if model is None:
             raise TypeError(
                 "a mapping of finalized layers needs model= (the finalized model) for its "
@@ -351,38 +340,32 @@ def storage_report(
             raise TypeError(
                 "the mapping must hold dpp.FinalizedLayer records (pruner.finalized_layers)"
             )
-        records = source
+        baked = Baked(model, dict(source))
+    elif model is not None:
+        raise TypeError("model= is only for a mapping of finalized layers (a source has its own)")
+    elif isinstance(source, (nn.Module, Pruner, Baked)):
+        baked = bake(source, what="storage_report", copy=False, strict=False)
     else:
         raise TypeError(
             "storage_report expects a model, a dpp.Pruner or pruner.finalized_layers, "
             f"got {type(source).__name__}"
         )
-    _check_records(model, records)
+    records = baked.layers
+    _check_records(baked.model, records)
 
     seen: set[int] = set()  # tensors already counted (shared parameters count once)
     layers = []
-    for name, module in model.named_modules():
-        if isinstance(module, (MaskSource, ActivationQuantizer)):
-            continue  # DPP internals: accounted with their layer, or not stored at all
-        if isinstance(module, PRUNABLE_TYPES) and id(module.weight) in seen:
+    for name, module in baked.model.named_modules():
+        prunable = masked_class(type(module)) is not None
+        if prunable and id(module.weight) in seen:
             entry = _other_storage(name, module, seen, include_buffers)  # weight tied elsewhere
-        elif is_dpp_layer(module):
-            entry = _layer_storage(
-                name,
-                module,
-                module.dpp_layout,  # type: ignore[attr-defined]
-                module.dpp_quant,  # type: ignore[attr-defined]
-                module.dpp_act is not None,  # type: ignore[attr-defined]
-                seen,
-                include_buffers,
-            )
         elif name in records:
             rec = records[name]
             has_act = rec.activation_scale is not None
             entry = _layer_storage(
                 name, module, rec.layout, rec.quant, has_act, seen, include_buffers
             )
-        elif isinstance(module, PRUNABLE_TYPES):
+        elif prunable:
             entry = _layer_storage(name, module, None, None, False, seen, include_buffers)
         else:
             entry = _other_storage(name, module, seen, include_buffers)
@@ -417,11 +400,11 @@ def _check_records(model: nn.Module, records: Mapping[str, FinalizedLayer]) -> N
             module = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"finalized layer {name!r} is not a module of the model") from None
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, Tensor):
+        if not isinstance(getattr(module, "weight", None), Tensor):
             raise ValueError(
                 f"finalized layer {name!r} is a {type(module).__name__} without weight"
             )
+        weight = canonical_weight(module)
         if rec.layout is not None and tuple(weight.shape) != rec.layout.weight_shape:
             raise ValueError(
                 f"finalized layer {name!r}: the model's weight has shape {list(weight.shape)}, "
@@ -480,9 +463,9 @@ def _layer_storage(
     include_buffers: bool,
 ) -> LayerStorage:
     """Storage of one Linear/Conv layer: pruned (``layout``), quantized (``quant``) or neither."""
-    weight: Tensor = module.weight  # type: ignore[assignment]
+    weight = canonical_weight(module)
     bias: Tensor | None = module.bias  # type: ignore[assignment]
-    seen.update(id(t) for t in (weight, bias) if t is not None)
+    seen.update(id(t) for t in (module.weight, bias) if t is not None)
     other = _uncounted_bits(module, seen, include_buffers)
     weights = weight.numel()
     outputs = weight.shape[0]
@@ -531,7 +514,7 @@ def _layer_storage(
         kind = "dense"
     return LayerStorage(
         name=name,
-        module_type=type(module).__name__.removeprefix("DPP"),
+        module_type=type(module).__name__,
         kind=kind,
         weights=weights,
         kept_weights=kept,

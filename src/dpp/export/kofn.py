@@ -25,7 +25,6 @@ model (live, finalized through its Pruner, or a packed file) by :class:`KOfNLine
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from typing import Any
@@ -34,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..batchnorm import bake_batchnorm_masks
+from ..bake import bake
 from ..granularity import GroupLayout
-from ..layers import is_dpp_layer, unwrap
+from ..layers import is_hf_conv1d
+from ..modeltools import replace_module
 from ..pruner import Pruner
-from ._collect import LayerRecord, collect, module_aliases
+from ..quantization import fake_quantize_input
 from .packed import PackedLayer, load_packed, packed_layer, read_packed
 
 __all__ = ["METHODS", "KOfNLinear", "convert_kofn", "kofn_columns"]
@@ -168,9 +168,10 @@ class KOfNLinear(nn.Module):
     def from_packed(
         cls, layer: PackedLayer, bias: Tensor | None = None, **kwargs: Any
     ) -> KOfNLinear:
-        """Build from a :class:`~dpp.export.packed.PackedLayer` of a Linear weight
-        (``weight`` or ``block`` granularity; quantized values become ``scale * code``)."""
-        if layer.module_type != "Linear" or layer.layout is None:
+        """Build from a :class:`~dpp.export.packed.PackedLayer` of a Linear-like weight
+        ``[out, in]`` (``weight`` or ``block`` granularity; quantized values become
+        ``scale * code``)."""
+        if layer.layout is None or len(layer.weight_shape) != 2:
             raise ValueError(f"layer {layer.name!r} is not a pruned Linear layer")
         lay = layer.layout
         cols = kofn_columns(lay, layer.indices)  # type: ignore[arg-type]
@@ -249,8 +250,7 @@ class KOfNLinear(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         x = input
         if self.input_scale is not None:
-            s = self.input_scale.to(x.dtype)
-            x = s * torch.round(x / s).clamp(-127, 127)
+            x = fake_quantize_input(x, self.input_scale)
         if x.shape[-1] != self.in_features:
             raise ValueError(
                 f"KOfNLinear expects inputs [..., {self.in_features}], got {list(x.shape)}"
@@ -284,20 +284,10 @@ class KOfNLinear(nn.Module):
 
 
 # ---------------------------------------------------------------------------- conversion
-def _eligible(layout: GroupLayout | None, module_type: str) -> bool:
-    return (
-        layout is not None and module_type == "Linear" and layout.granularity in ("weight", "block")
-    )
-
-
-def _set_all(model: nn.Module, module: nn.Module, new: nn.Module, name: str) -> None:
-    aliases = module_aliases(model).get(id(module), [name])
-    for alias in aliases:
-        if not alias:
-            raise ValueError("convert_kofn cannot replace the root module itself")
-        parent_name, _, child = alias.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
+def _eligible(layout: GroupLayout | None, module: nn.Module) -> bool:
+    """A weight- or block-pruned Linear (a subclass, or transformers' Conv1D, too)."""
+    linear = isinstance(module, nn.Linear) or is_hf_conv1d(type(module))
+    return linear and layout is not None and layout.granularity in ("weight", "block")
 
 
 def convert_kofn(
@@ -349,39 +339,18 @@ def convert_kofn(
     else:
         if model is not None:
             raise TypeError("convert_kofn: pass model only together with a packed file path")
-        src_model, records = collect(source, what="convert_kofn")
-        target = copy.deepcopy(src_model)
-        layers = {name: packed_layer(name, rec) for name, rec in records.items()}
-        _unwrap_all(target)
-        _check_records(records)
+        baked = bake(source, what="convert_kofn")
+        target = baked.model
+        layers = {
+            name: packed_layer(name, rec, baked.module(name)) for name, rec in baked.layers.items()
+        }
     for name, layer in layers.items():
-        if not _eligible(layer.layout, layer.module_type):
+        module = target.get_submodule(name)
+        if not _eligible(layer.layout, module):
             continue
         if layer.layout.density > max_density:  # type: ignore[union-attr]
             continue
-        module = target.get_submodule(name)
         bias = None if module.bias is None else module.bias.detach()
         new = KOfNLinear.from_packed(layer, bias, method=method)
-        _set_all(target, module, new, name)
+        replace_module(target, module, new)
     return target.eval()
-
-
-def _check_records(records: dict[str, LayerRecord]) -> None:
-    for name, rec in records.items():
-        if rec.layout is not None and rec.mask is None:  # pragma: no cover - defensive
-            raise ValueError(f"layer {name!r}: pruned but without a mask")
-
-
-def _unwrap_all(model: nn.Module) -> None:
-    """Bake every DPP layer of ``model`` (a private copy) into its plain layer."""
-    bake_batchnorm_masks(model)  # BatchNorms linked to filter masks first: they read the layers
-    aliases = module_aliases(model)
-    done: set[int] = set()
-    for name, module in list(model.named_modules()):
-        if is_dpp_layer(module) and id(module) not in done:
-            done.add(id(module))
-            plain, _ = unwrap(module)  # type: ignore[arg-type]
-            for alias in aliases.get(id(module), [name]):
-                parent_name, _, child = alias.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                setattr(parent, child, plain)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..bake import bake
 from ..layers import is_dpp_layer
+from ..modeltools import as_inputs
 from ..pruner import Pruner
 
 __all__ = ["OnnxMismatchError", "onnx_outputs", "to_onnx"]
@@ -24,21 +26,55 @@ class OnnxMismatchError(RuntimeError):
     """onnxruntime's outputs differ from PyTorch's beyond the tolerance."""
 
 
-def _inputs(example_inputs: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
-    return (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+def _returns_mapping(net: nn.Module) -> bool:
+    """Whether ``net`` looks like a Hugging Face model (its forward returns a ModelOutput)."""
+    return hasattr(net, "config") and callable(getattr(net, "get_input_embeddings", None))
 
 
 def _plain(model_or_pruner: nn.Module | Pruner) -> nn.Module:
-    """The model to export: a Pruner's model; DPP layers baked into plain ones (on a copy)."""
+    """The model to export: the baked copy of a live source, else the plain model itself."""
     model = model_or_pruner.model if isinstance(model_or_pruner, Pruner) else model_or_pruner
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_onnx expects a torch.nn.Module or a dpp.Pruner, got {type(model)}")
     if any(is_dpp_layer(m) for m in model.modules()):
-        from .kofn import _unwrap_all
-
-        model = copy.deepcopy(model)
-        _unwrap_all(model)
+        return bake(model_or_pruner, what="to_onnx").model
     return model
+
+
+class _SelectOutput(nn.Module):
+    """Calls ``net(*inputs, **forward_kwargs)`` and returns plain tensors: one field of a
+    ``ModelOutput``/dict result (``output``, default ``"logits"``), or the tensors of a tuple."""
+
+    def __init__(self, net: nn.Module, forward_kwargs: dict[str, Any], output: str | None):
+        super().__init__()
+        self.net = net
+        self.forward_kwargs = dict(forward_kwargs)
+        self.output = output
+
+    def forward(self, *inputs: Tensor) -> Any:
+        result = self.net(*inputs, **self.forward_kwargs)
+        if isinstance(result, Mapping) or hasattr(result, "keys"):
+            keys = list(result.keys())
+            key = self.output or ("logits" if "logits" in keys else None)
+            if key is None or key not in keys:
+                raise ValueError(
+                    f"to_onnx: the model returns a {type(result).__name__} with fields {keys}; "
+                    f"pick the one to export with output=... (got {self.output!r})"
+                )
+            return result[key]
+        if self.output is not None:
+            raise ValueError(
+                f"to_onnx: output={self.output!r} names a field, but the model returns a "
+                f"{type(result).__name__}, not a dict or ModelOutput"
+            )
+        if isinstance(result, (tuple, list)):
+            bad = [i for i, r in enumerate(result) if not isinstance(r, Tensor)]
+            if bad:
+                raise ValueError(
+                    f"to_onnx: outputs {bad} of the model are not tensors (a cache?); pass "
+                    "forward_kwargs={'use_cache': False} or return tensors only"
+                )
+        return result
 
 
 def onnx_outputs(path: str | os.PathLike, example_inputs: Tensor | Sequence[Tensor]) -> list:
@@ -52,7 +88,7 @@ def onnx_outputs(path: str | os.PathLike, example_inputs: Tensor | Sequence[Tens
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {
         arg.name: t.detach().cpu().numpy()
-        for arg, t in zip(session.get_inputs(), _inputs(example_inputs), strict=False)
+        for arg, t in zip(session.get_inputs(), as_inputs(example_inputs), strict=False)
     }
     return session.run(None, feeds)
 
@@ -68,6 +104,8 @@ def to_onnx(
     check: bool = True,
     rtol: float = 1e-4,
     atol: float = 1e-5,
+    forward_kwargs: dict[str, Any] | None = None,
+    output: str | None = None,
 ) -> Path:
     """Export a finalized or shrunk model to ONNX and check it with onnxruntime.
 
@@ -86,6 +124,10 @@ def to_onnx(
             model's outputs; skipped when onnxruntime is not installed.
         rtol: relative tolerance of the check.
         atol: absolute tolerance of the check.
+        forward_kwargs: constant keyword arguments of every call, e.g. ``{"use_cache":
+            False}`` for a Hugging Face causal LM (a cache in the output cannot be exported).
+        output: the field to export when the model returns a dict or a ``ModelOutput``
+            (default ``"logits"`` where there is one).
 
     Returns:
         The path written.
@@ -107,7 +149,9 @@ def to_onnx(
         '.onnx'
     """
     net = _plain(model)
-    inputs = _inputs(example_inputs)
+    if forward_kwargs or output is not None or _returns_mapping(net):
+        net = _SelectOutput(net, forward_kwargs or {}, output)
+    inputs = as_inputs(example_inputs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if dynamo is None:
@@ -130,6 +174,8 @@ def to_onnx(
             if dynamic_batch:
                 batch = torch.export.Dim.DYNAMIC
                 dynamic_shapes = tuple({0: batch} for _ in inputs)
+                if isinstance(net, _SelectOutput):  # forward(*inputs): one varargs entry
+                    dynamic_shapes = (dynamic_shapes,)
             sink = io.StringIO()
             with contextlib.redirect_stdout(sink), warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -26,7 +26,11 @@ layers, BatchNorm parameters and buffers, ...) is stored densely under its own k
 whole model restores. The safetensors header metadata holds ``format = "dpp-packed"``,
 ``format_version`` and ``dpp``: a JSON object with, per layer, the module type, granularity,
 ``n``, ``k``, block size, number of groups, weight shape, dtype, bits, scale mode and index
-dtype.
+dtype, and ``digests``: the SHA-256 of every tensor's bytes, checked by :func:`read_packed`
+(a file without them, written before they were added, is read with a warning).
+
+A Hugging Face ``Conv1D`` (weight ``[in, out]``) is stored like a Linear layer: its layout,
+``weight_shape`` and tensors are those of the transposed ``[out, in]`` weight.
 
 Quantized codes are stored one per ``int8`` byte (not bit-packed): the file of a 4-bit model is
 therefore larger than its theoretical size, which :class:`PackedInfo` reports side by side.
@@ -34,9 +38,10 @@ therefore larger than its theoretical size, which :class:`PackedInfo` reports si
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,11 +49,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..bake import bake
 from ..granularity import GroupLayout
-from ..layers import is_dpp_layer
+from ..layers import (
+    FinalizedLayer,
+    InputQuantHook,
+    canonical_weight,
+    is_dpp_layer,
+    is_hf_conv1d,
+)
+from ..modeltools import module_aliases
 from ..pruner import Pruner
 from ..quantization import QuantSpec
-from ._collect import LayerRecord, collect, dpp_state_keys, module_aliases
+from ..storage import storage_report
 
 __all__ = [
     "FORMAT_NAME",
@@ -217,15 +230,16 @@ def _group_indices(name: str, layout: GroupLayout, mask: Tensor) -> Tensor:
     return order.to(index_dtype(n)).contiguous()
 
 
-def packed_layer(name: str, rec: LayerRecord) -> PackedLayer:
-    """A :class:`PackedLayer` of a :class:`~dpp.export._collect.LayerRecord`."""
+def packed_layer(name: str, rec: FinalizedLayer, module: nn.Module) -> PackedLayer:
+    """The :class:`PackedLayer` of a baked layer: its record and its plain ``module``."""
+    weight = canonical_weight(module).detach()
     layer = PackedLayer(
         name=name,
         module_type=rec.module_type,
         layout=rec.layout,
         quant=rec.quant,
-        weight_shape=tuple(rec.weight.shape),
-        dtype=rec.weight.dtype,
+        weight_shape=tuple(weight.shape),
+        dtype=weight.dtype,
         activation_scale=rec.activation_scale,
     )
     lay = rec.layout
@@ -240,7 +254,7 @@ def packed_layer(name: str, rec: LayerRecord) -> PackedLayer:
             return (v.squeeze(-1) if squeeze else v).contiguous()
 
         if rec.quant is None:
-            layer.values = kept(rec.weight)
+            layer.values = kept(weight)
         else:
             assert rec.codes is not None
             layer.codes = kept(rec.codes)
@@ -263,10 +277,9 @@ class PackedInfo:
         file_bytes: its size on disk.
         theoretical_bits: the packed k-of-n layout of ``dpp.storage.storage_report``
             (``k`` values of ``b`` bits and ``k * ceil(log2 n)``-bit indices or an ``n``-bit
-            bitmap per group, fp32 for the rest), or of this module's own count when
-            ``dpp.storage`` is unavailable (see ``accounting``).
+            bitmap per group, fp32 for the rest).
         dense_fp32_bits: the same model with every parameter and buffer as fp32.
-        accounting: ``"dpp.storage"`` or ``"dpp.export (values + indices)"``.
+        accounting: where the theoretical size comes from (``"dpp.storage"``).
         layers: ``{name: file bytes of the layer's weight tensors}``.
     """
 
@@ -290,41 +303,10 @@ class PackedInfo:
         )
 
 
-def _own_bits(layers: dict[str, PackedLayer], dense: dict[str, Tensor]) -> tuple[int, int]:
-    """(packed bits, dense fp32 bits): values + indices (or bitmap) + fp32 for the rest."""
-    packed = 0
-    dense_bits = 0
-    for t in dense.values():
-        if t.is_floating_point():
-            packed += 32 * t.numel()
-            dense_bits += 32 * t.numel()
-    for layer in layers.values():
-        numel = math.prod(layer.weight_shape)
-        dense_bits += 32 * numel
-        bits = 32 if layer.quant is None else layer.quant.code_bits
-        lay = layer.layout
-        if lay is None:
-            packed += bits * numel
-        else:
-            per_group = lay.k * lay.weights_per_candidate * bits
-            per_group += min(lay.k * max(1, math.ceil(math.log2(lay.n))), lay.n)
-            packed += lay.num_groups * per_group
-        if layer.scale is not None:
-            packed += 32 * layer.scale.numel()
-        if layer.activation_scale is not None:
-            packed += 32
-    return packed, dense_bits
-
-
-def _size_report(source: Any, layers: dict[str, PackedLayer], dense: dict[str, Tensor]):
-    try:
-        from .. import storage  # lazy: dpp.storage is optional for this module
-
-        report = storage.storage_report(source)
-        return int(report.packed_bits), int(report.dense_fp32_bits), "dpp.storage"
-    except Exception:
-        packed, dense_bits = _own_bits(layers, dense)
-        return packed, dense_bits, "dpp.export (values + indices)"
+def tensor_digest(t: Tensor) -> str:
+    """``"sha256:<hex>"`` of a tensor's bytes (contiguous, on CPU)."""
+    data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # ---------------------------------------------------------------------------- save
@@ -360,26 +342,23 @@ def save_packed(model_or_pruner: nn.Module | Pruner, path: str | os.PathLike) ->
     from safetensors.torch import save_file
 
     path = Path(path)
-    model, records = collect(model_or_pruner, what="save_packed")
-    layers = {name: packed_layer(name, rec) for name, rec in records.items()}
+    baked = bake(model_or_pruner, what="save_packed", copy=False)
+    model = baked.model
+    layers = {
+        name: packed_layer(name, rec, baked.module(name)) for name, rec in baked.layers.items()
+    }
     aliases = module_aliases(model)
 
-    # Dense entries: the plain model's state dict without DPP's own keys and the packed weights.
-    skip = dpp_state_keys(model)
-    biases: dict[str, Tensor] = {}
+    # Dense entries: the plain model's state dict without the packed weights.
+    skip: set[str] = set()
     for name, layer in layers.items():
-        module = model.get_submodule(name)
-        for alias in aliases.get(id(module), [name]):
-            if layer.stores_weight:
-                skip.add(_key(alias, "weight"))
-            if records[name].bias is not None:
-                biases[_key(alias, "bias")] = records[name].bias  # masked at filter level
-    dense: dict[str, Tensor] = {}
-    for key, value in model.state_dict().items():
-        if key in skip:
-            continue
-        value = biases.get(key, value)
-        dense[key] = value.detach().cpu().contiguous().clone()
+        if layer.stores_weight:
+            skip.update(_key(alias, "weight") for alias in aliases[id(baked.module(name))])
+    dense = {
+        key: value.detach().cpu().contiguous().clone()
+        for key, value in model.state_dict().items()
+        if key not in skip
+    }
 
     tensors: dict[str, Tensor] = {}
     for name, layer in layers.items():
@@ -398,6 +377,7 @@ def save_packed(model_or_pruner: nn.Module | Pruner, path: str | os.PathLike) ->
                     )
                 tensors[key] = t.detach().cpu().contiguous().clone()
     tensors.update(dense)
+    digests = {key: tensor_digest(t) for key, t in sorted(tensors.items())}
     meta = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -407,12 +387,18 @@ def save_packed(model_or_pruner: nn.Module | Pruner, path: str | os.PathLike) ->
                 "torch_version": torch.__version__.split("+")[0],
                 "layers": {name: layer.meta() for name, layer in layers.items()},
                 "dense": sorted(dense),
+                "digests": digests,
             }
         ),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
-    packed_bits, dense_bits, accounting = _size_report(model_or_pruner, layers, dense)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)  # atomic: a killed write never leaves a partial file at path
+    finally:
+        tmp.unlink(missing_ok=True)
+    report = storage_report(baked)
     per_layer = {
         name: sum(
             t.numel() * t.element_size()
@@ -421,7 +407,14 @@ def save_packed(model_or_pruner: nn.Module | Pruner, path: str | os.PathLike) ->
         )
         for name, layer in layers.items()
     }
-    return PackedInfo(path, path.stat().st_size, packed_bits, dense_bits, accounting, per_layer)
+    return PackedInfo(
+        path,
+        path.stat().st_size,
+        report.packed_bits,
+        report.dense_fp32_bits,
+        "dpp.storage",
+        per_layer,
+    )
 
 
 # ---------------------------------------------------------------------------- read
@@ -488,6 +481,7 @@ def read_packed(path: str | os.PathLike) -> PackedModel:
         dense_keys: list[str] = meta["dense"]
     except (ValueError, KeyError, TypeError) as exc:
         raise _err(path, f"has unreadable dpp metadata ({exc})", _REEXPORT) from exc
+    _verify_digests(path, meta.get("digests"), tensors)
 
     layers: dict[str, PackedLayer] = {}
     for name, lm in layer_meta.items():
@@ -498,6 +492,39 @@ def read_packed(path: str | os.PathLike) -> PackedModel:
             raise _err(path, f"lacks the dense tensor {key!r} listed in its metadata", _REEXPORT)
         dense[key] = tensors[key]
     return PackedModel(path, layers, dense, meta)
+
+
+_DAMAGED = (
+    "The file is damaged (a bad disk, an interrupted copy) or was edited; restore it from a "
+    "copy or re-export the model with dpp.export.save_packed(pruner, path)."
+)
+
+
+def _verify_digests(path: Path, digests: Any, tensors: dict[str, Tensor]) -> None:
+    """Every tensor is there and matches the SHA-256 recorded when the file was written."""
+    if digests is None:
+        warnings.warn(
+            f"{path}: written without tensor digests (by an older dpp), so its content cannot be "
+            "verified; re-export it with dpp.export.save_packed to add them",
+            stacklevel=3,
+        )
+        return
+    if not isinstance(digests, dict):
+        raise _err(path, "has unreadable digests in its dpp metadata", _DAMAGED)
+    missing = sorted(set(digests) - set(tensors))
+    if missing:
+        raise _err(path, f"lacks the tensor(s) {missing[:8]} that it was written with", _DAMAGED)
+    extra = sorted(set(tensors) - set(digests))
+    if extra:
+        raise _err(path, f"holds tensor(s) {extra[:8]} that it was not written with", _DAMAGED)
+    for key, expected in digests.items():
+        if tensor_digest(tensors[key]) != expected:
+            raise _err(
+                path,
+                f"the tensor {key!r} does not match the SHA-256 digest recorded when the file was "
+                "written (its bytes changed, e.g. a flipped bit)",
+                _DAMAGED,
+            )
 
 
 def _read_layer(path: Path, name: str, lm: dict, tensors: dict[str, Tensor]) -> PackedLayer:
@@ -523,7 +550,7 @@ def _read_layer(path: Path, name: str, lm: dict, tensors: dict[str, Tensor]) -> 
                 lm["granularity"],
                 k=int(lm["k"]),
                 block_size=lm["block_size"],
-                is_conv=lm["module"] != "Linear",
+                is_conv=len(shape) > 2,
                 name=name,
             )
             if layout.n != lm["n"] or layout.num_groups != lm["num_groups"]:
@@ -601,30 +628,12 @@ def _check_tensor(
 
 
 # ---------------------------------------------------------------------------- load
-class _PackedInputQuant:
-    """Forward pre-hook: fixed 8-bit fake quantization of the input, as a finalized layer does."""
-
-    levels = 127
-
-    def __init__(self, scale: Tensor) -> None:
-        self.scale = scale
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        s = self.scale.to(device=x.device, dtype=x.dtype)
-        return (s * torch.round(x / s).clamp(-self.levels, self.levels), *args[1:])
-
-
 def _attach_input_quant(module: nn.Module, scale: Tensor) -> None:
-    from ..layers import _InputQuantHook
-
     for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, _InputQuantHook):
-            return  # already a finalized layer with its own input quantization
-        if isinstance(hook, _PackedInputQuant):
-            hook.scale = scale.clone()
+        if isinstance(hook, InputQuantHook):
+            hook.scale = scale.detach().clone()
             return
-    module.register_forward_pre_hook(_PackedInputQuant(scale.clone()))
+    module.register_forward_pre_hook(InputQuantHook(scale))
 
 
 def load_packed(path: str | os.PathLike, model: nn.Module, *, strict: bool = True) -> nn.Module:
@@ -672,17 +681,20 @@ def load_packed(path: str | os.PathLike, model: nn.Module, *, strict: bool = Tru
                 f"{type(module).__name__} in the model",
                 "Load the file into the same architecture it was saved from.",
             )
-        if tuple(module.weight.shape) != layer.weight_shape:
+        shape = tuple(canonical_weight(module).shape)
+        if shape != layer.weight_shape:
             raise _err(
                 path,
                 f"layer {name!r}: the file's weight shape {list(layer.weight_shape)} does not "
-                f"match the model's {list(module.weight.shape)}",
+                f"match the model's {list(shape)}",
                 "Build the model with the same sizes (classes, channels, input shape) as the "
                 "pruned one.",
             )
         if not layer.stores_weight:
             continue
         weight = layer.dense_weight().to(module.weight.dtype)
+        if is_hf_conv1d(type(module)):  # stored [out, in], held [in, out]
+            weight = weight.t()
         for alias in aliases.get(id(module), [name]):
             state[_key(alias, "weight")] = weight
     expected = set(model.state_dict())

@@ -7,13 +7,13 @@ layers are converted with ``torch.sparse.to_sparse_semi_structured`` (fp16 or bf
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
+from ..bake import Baked, bake
+from ..layers import canonical_weight, is_hf_conv1d
+from ..modeltools import replace_module
 from ..pruner import Pruner
-from ._collect import LayerRecord, collect
 
 __all__ = ["SemiStructuredError", "semi_structured_layers", "to_semi_structured"]
 
@@ -24,41 +24,46 @@ class SemiStructuredError(RuntimeError):
     """2:4 conversion is impossible here (no suitable GPU) or for this model (no 2:4 layer)."""
 
 
-def _is_2of4(rec: LayerRecord) -> bool:
-    lay = rec.layout
-    return (
-        rec.module_type == "Linear"
-        and lay is not None
-        and lay.granularity == "block"
-        and lay.n == 4
-        and lay.k == 2
-    )
+def _linear_like(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_hf_conv1d(type(module))
 
 
-def semi_structured_layers(model_or_pruner: nn.Module | Pruner) -> list[str]:
-    """Names of the Linear layers pruned 2:4, after checking their masks (works on CPU).
+def _2of4_names(baked: Baked) -> list[str]:
+    return [
+        name
+        for name, rec in baked.layers.items()
+        if _linear_like(baked.module(name))
+        and rec.layout is not None
+        and rec.layout.granularity == "block"
+        and (rec.layout.n, rec.layout.k) == (4, 2)
+    ]
+
+
+def semi_structured_layers(model_or_pruner: nn.Module | Pruner | Baked) -> list[str]:
+    """Names of the Linear layers (transformers' Conv1D included) pruned 2:4, after checking
+    their masks (works on CPU).
 
     Raises:
         SemiStructuredError: no layer is pruned 2:4 (the message lists what the pruned
             Linear layers use instead), or a mask/weight breaks the 2-of-4 pattern.
     """
-    _, records = collect(model_or_pruner, what="to_semi_structured")
-    names = [name for name, rec in records.items() if _is_2of4(rec)]
+    baked = bake(model_or_pruner, what="to_semi_structured", copy=False)
+    names = _2of4_names(baked)
     if not names:
         found = ", ".join(
             f"{n!r}: {r.layout.granularity} k={r.layout.k} of n={r.layout.n}"
-            for n, r in records.items()
-            if r.layout is not None and r.module_type == "Linear"
+            for n, r in baked.layers.items()
+            if r.layout is not None and _linear_like(baked.module(n))
         )
         raise SemiStructuredError(
             "no Linear layer is pruned 2:4; prune with granularity='block', block_size=4, "
             f"k=2 (found: {found or 'no pruned Linear layer'})"
         )
     for name in names:
-        rec = records[name]
+        rec = baked.layers[name]
         assert rec.mask is not None
         blocks = rec.mask.reshape(-1, 4).sum(-1)
-        nonzero = (rec.weight.detach() != 0).reshape(-1, 4).sum(-1)
+        nonzero = (canonical_weight(baked.module(name)).detach() != 0).reshape(-1, 4).sum(-1)
         if not bool((blocks == 2).all()) or bool((nonzero > 2).any()):
             raise SemiStructuredError(
                 f"layer {name!r}: its mask does not keep exactly 2 of every 4 consecutive "
@@ -120,19 +125,21 @@ def to_semi_structured(
     """
     if dtype not in _DTYPES:
         raise ValueError(f"2:4 sparsity supports float16 and bfloat16, got {dtype}")
-    names = semi_structured_layers(model_or_pruner)
+    baked = bake(model_or_pruner, what="to_semi_structured")
+    names = semi_structured_layers(baked)
     device = torch.device(device)
     _check_device(device)
     from torch.sparse import to_sparse_semi_structured
 
-    from .kofn import _unwrap_all
-
-    source, _ = collect(model_or_pruner, what="to_semi_structured")
-    model = copy.deepcopy(source)
-    _unwrap_all(model)
-    model = model.to(device=device, dtype=dtype).eval()
+    model = baked.model.to(device=device, dtype=dtype).eval()
     for name in names:
         layer = model.get_submodule(name)
-        sparse = to_sparse_semi_structured(layer.weight.detach())
+        # [out, in] as the sparse kernels want it (a Conv1D holds [in, out]: computed as y = x W)
+        sparse = to_sparse_semi_structured(canonical_weight(layer).detach().contiguous())
+        if is_hf_conv1d(type(layer)):
+            linear = nn.Linear(layer.nx, layer.nf, device=device, dtype=dtype)
+            linear.bias = layer.bias
+            layer = linear
+            replace_module(model, model.get_submodule(name), linear)
         layer.weight = nn.Parameter(sparse, requires_grad=False)
     return model

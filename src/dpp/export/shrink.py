@@ -35,7 +35,6 @@ mode; with ``exact=True`` a difference beyond ``rtol`` raises.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,9 +42,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..bake import bake
+from ..modeltools import as_inputs
 from ..pruner import Pruner
-from ._collect import collect
-from .kofn import _unwrap_all
 
 __all__ = ["ShrinkGroup", "ShrinkReport", "count_flops", "shrink"]
 
@@ -70,19 +69,13 @@ def count_flops(model: nn.Module, example_inputs: Tensor | Sequence[Tensor]) -> 
     multiply-add counts 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    inputs = _as_tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(*inputs)
     model.train(was_training)
     return int(counter.get_total_flops())
-
-
-def _as_tuple(example_inputs: Tensor | Sequence[Tensor]) -> tuple:
-    if isinstance(example_inputs, Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)
 
 
 @dataclass
@@ -256,18 +249,23 @@ def shrink(
         (8, 8)
     """
     tp = _import_tp()
-    source_model, records = collect(model_or_pruner, what="shrink")
-    inputs = _as_tuple(example_inputs)
-    work = copy.deepcopy(source_model)
-    _unwrap_all(work)
-    work.eval()
+    baked = bake(model_or_pruner, what="shrink")
+    inputs = as_inputs(example_inputs)
+    work = baked.model.eval()
     names = {id(m): n for n, m in work.named_modules()}
 
     keep: dict[int, Tensor] = {}  # id(module) -> bool [C_out], current index space
-    for name, rec in records.items():
+    for name, rec in baked.layers.items():
         if rec.layout is not None and rec.layout.granularity == "filter":
-            assert rec.mask is not None
-            keep[id(work.get_submodule(name))] = rec.mask.reshape(rec.mask.shape[0], -1)[:, 0].cpu()
+            module = baked.module(name)
+            if not isinstance(module, _WEIGHTED):
+                raise ValueError(
+                    f"shrink: layer {name!r} is a {type(module).__name__}, and channels are "
+                    "removed from nn.Linear and nn.ConvNd layers only (Torch-Pruning's graph "
+                    "knows those); prune it at another granularity, or use the finalized model"
+                )
+            assert rec.channel_mask is not None
+            keep[id(module)] = rec.channel_mask.cpu()
 
     out_report = ShrinkReport(exact=exact)
     out_report.params_before = sum(p.numel() for p in work.parameters())
