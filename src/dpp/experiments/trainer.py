@@ -759,35 +759,46 @@ def load_run(
 
 def run_summary_table(summary: dict[str, Any]) -> str:
     """The table ``dpp demo`` and ``dpp train`` print at the end of a run."""
-    lines = []
+    from .tables import format_table
+
+    parts = []
     if summary.get("layers"):
-        header = f"{'layer':<12} {'granularity':<12} {'k/n':>10} {'density':>8} {'kept':>16}"
-        lines += [header, "-" * len(header)]
-        for r in summary["layers"]:
-            kn = f"{r['k']}/{r['n']}" if r["k"] != "-" else "dense"
-            lines.append(
-                f"{r['layer']:<12} {r['granularity']:<12} {kn:>10} {r['density']:>8.3f} "
-                f"{r['kept']:>7,}/{r['weights']:<8,}"
-            )
-        lines.append("")
+        rows = [
+            [
+                r["layer"],
+                r["granularity"],
+                f"{r['k']}/{r['n']}" if r["k"] != "-" else "dense",
+                f"{r['density']:.3f}",
+                f"{r['kept']:,}/{r['weights']:,}",
+            ]
+            for r in summary["layers"]
+        ]
+        header = ["layer", "granularity", "k/n", "density", "kept"]
+        parts.append(format_table(rows, header, align="llrrr"))
     dense, kept = summary["params_dense"], summary["params_kept"]
-    lines.append(
-        f"parameters      {dense:,} dense, {kept:,} kept "
-        f"({100 * kept / dense:.2f}%, {dense / kept:.1f}x fewer)"
-    )
+    facts = [
+        [
+            "parameters",
+            f"{dense:,} dense, {kept:,} kept ({100 * kept / dense:.2f}%, "
+            f"{dense / kept:.1f}x fewer)",
+        ]
+    ]
     # storage_report(...).to_dict() keeps the ratio under "total"
     compression = (summary.get("storage") or {}).get("total", {}).get("compression_ratio")
     if compression is not None:
-        lines.append(
-            f"storage         {compression:.1f}x smaller than dense fp32 "
-            "(packed k-of-n, indices included)"
+        facts.append(
+            [
+                "storage",
+                f"{compression:.1f}x smaller than dense fp32 (packed k-of-n, indices included)",
+            ]
         )
-    lines.append(f"test accuracy   {100 * summary['test_acc']:.2f}%")
+    facts.append(["test accuracy", f"{100 * summary['test_acc']:.2f}%"])
     if "val_acc" in summary:
-        lines.append(f"val accuracy    {100 * summary['val_acc']:.2f}%")
-    lines.append(f"time per epoch  {summary['seconds_per_epoch']:.2f}s")
-    lines.append(f"run directory   {summary['run_dir']}")
-    return "\n".join(lines)
+        facts.append(["val accuracy", f"{100 * summary['val_acc']:.2f}%"])
+    facts.append(["time per epoch", f"{summary['seconds_per_epoch']:.2f}s"])
+    facts.append(["run directory", str(summary["run_dir"])])
+    parts.append(format_table(facts, fmt="plain", align="ll"))
+    return "\n\n".join(parts)
 
 
 def count_parameters(model: nn.Module) -> int:
