@@ -78,6 +78,8 @@ metrics_samples = 8
 
 
 def field_names(cls: type) -> list[str]:
+    if hasattr(cls, "model_fields"):  # a pydantic section
+        return list(cls.model_fields)
     return [f.name for f in fields(cls)]
 
 

@@ -23,16 +23,16 @@ random_kofn        a random k-of-n mask drawn once and kept fixed (the floor)
 ================== =======================================================================
 
 Options go in the run config's ``[baseline]`` section (keys per method in
-:data:`BASELINE_OPTIONS`).
+:data:`BASELINE_OPTIONS`, each validated by the pydantic model its class registers).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pydantic
 import torch
 from torch import Tensor, nn
 
@@ -40,8 +40,12 @@ import dpp
 from dpp.granularity import GroupLayout
 from dpp.masks import FixedMask, MaskSource, topk_mask
 
-from .methods import TrainingMethod, example_inputs
-from .runconfig import ConfigError, RunConfig
+from .errors import ConfigError
+from .methods import METHODS, TrainingMethod, example_inputs, register_method
+from .seeding import name_seed
+
+if TYPE_CHECKING:  # annotations only: the run config imports this module
+    from .runconfig import RunConfig
 
 __all__ = [
     "BASELINES",
@@ -52,14 +56,31 @@ __all__ = [
     "magnitude_mask",
 ]
 
-BASELINE_OPTIONS: dict[str, dict[str, Any]] = {
-    "magnitude_global": {},
-    "magnitude_kofn": {},
-    "gradual_kofn": {"begin_epoch": 0.0, "end_epoch": None, "frequency": 50},
-    "srste": {"decay": 2e-4},
-    "random_kofn": {"seed": None},
-}
-BASELINES: tuple[str, ...] = tuple(BASELINE_OPTIONS)
+_STRICT = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class GradualOptions(pydantic.BaseModel):
+    """``gradual_kofn``: prune from ``begin_epoch`` to ``end_epoch`` (default 3/4 of the
+    epochs), recomputing the masks every ``frequency`` steps."""
+
+    model_config = _STRICT
+    begin_epoch: pydantic.NonNegativeFloat = 0.0
+    end_epoch: pydantic.PositiveFloat | None = None
+    frequency: pydantic.PositiveInt = 50
+
+
+class SRSTEOptions(pydantic.BaseModel):
+    """``srste``: the decay of the pruned weights."""
+
+    model_config = _STRICT
+    decay: pydantic.NonNegativeFloat = 2e-4
+
+
+class RandomOptions(pydantic.BaseModel):
+    """``random_kofn``: the seed of the masks (default: the run's seed)."""
+
+    model_config = _STRICT
+    seed: pydantic.NonNegativeInt | None = None
 
 
 def magnitude_mask(layout: GroupLayout, weight: Tensor, k: int | None = None) -> Tensor:
@@ -124,12 +145,8 @@ class SRSTEMask(MaskSource):
 
 
 def _options(cfg: RunConfig) -> dict[str, Any]:
-    defaults = BASELINE_OPTIONS[cfg.method]
-    unknown = sorted(set(cfg.baseline) - set(defaults))
-    if unknown:
-        valid = ", ".join(defaults) or "(none)"
-        raise ConfigError(f"baseline: unknown key(s) {unknown} for {cfg.method!r}; valid: {valid}")
-    return {**defaults, **cfg.baseline}
+    """The method's options with defaults (the run config has validated them)."""
+    return METHODS.get(cfg.method).meta["options"](**cfg.baseline).model_dump()
 
 
 def _require_dense_start(cfg: RunConfig) -> None:
@@ -162,6 +179,7 @@ class _KOfNBaseline(TrainingMethod):
         return [{"params": params, "name": "weights", **options}]
 
 
+@register_method("magnitude_kofn")
 class MagnitudeKOfN(_KOfNBaseline):
     def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int) -> None:
         _require_dense_start(cfg)
@@ -171,19 +189,22 @@ class MagnitudeKOfN(_KOfNBaseline):
         return FixedMask(layout, magnitude_mask(layout, module.weight))
 
 
+@register_method("random_kofn", RandomOptions)
 class RandomKOfN(_KOfNBaseline):
     def source(self, name: str, module: nn.Module, layout: GroupLayout) -> MaskSource:
         seed = self.options["seed"] if self.options["seed"] is not None else self.cfg.seed
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + zlib.crc32(name.encode()))
+        gen = torch.Generator().manual_seed(name_seed(int(seed), name))
         scores = torch.rand(layout.num_groups, layout.n, generator=gen)
         return FixedMask(layout, topk_mask(scores, layout.k).to(module.weight.device))
 
 
+@register_method("srste", SRSTEOptions)
 class SRSTE(_KOfNBaseline):
     def source(self, name: str, module: nn.Module, layout: GroupLayout) -> MaskSource:
         return SRSTEMask(layout, decay=float(self.options["decay"]))
 
 
+@register_method("gradual_kofn", GradualOptions)
 class GradualKOfN(_KOfNBaseline):
     """Cubic density schedule ``d_t = d + (1 - d) (1 - p)^3``, ``p`` the progress in [0, 1]."""
 
@@ -249,6 +270,7 @@ class GradualKOfN(_KOfNBaseline):
         }
 
 
+@register_method("magnitude_global")
 class MagnitudeGlobal(TrainingMethod):
     """Global unstructured magnitude pruning with ``torch.nn.utils.prune``, then fine-tuning.
 
@@ -296,15 +318,17 @@ class MagnitudeGlobal(TrainingMethod):
         return dense, dense - (self.total - self.kept)
 
 
+#: Baseline method -> its default options.
+BASELINE_OPTIONS: dict[str, dict[str, Any]] = {
+    e.name: e.meta["options"]().model_dump() for e in METHODS if e.name not in ("dense", "dpp")
+}
+BASELINES: tuple[str, ...] = tuple(BASELINE_OPTIONS)
+
+
 def create_baseline(cfg: RunConfig, model: nn.Module, steps_per_epoch: int) -> TrainingMethod:
     """The baseline named by ``cfg.method``."""
-    classes: dict[str, type[TrainingMethod]] = {
-        "magnitude_global": MagnitudeGlobal,
-        "magnitude_kofn": MagnitudeKOfN,
-        "gradual_kofn": GradualKOfN,
-        "srste": SRSTE,
-        "random_kofn": RandomKOfN,
-    }
-    if cfg.method not in classes:
-        raise ConfigError(f"unknown method {cfg.method!r}; valid: dense, dpp, {', '.join(classes)}")
-    return classes[cfg.method](model, cfg, steps_per_epoch)
+    if cfg.method not in BASELINES:
+        raise ConfigError(
+            f"unknown method {cfg.method!r}; valid: dense, dpp, {', '.join(BASELINES)}"
+        )
+    return METHODS.get(cfg.method).obj(model, cfg, steps_per_epoch)

@@ -37,14 +37,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     run = load_run(args.run, device=args.device)
     assert run.splits is not None
+    device = next(run.model.parameters()).device
     results: dict[str, Any] = {}
     for split in ("train", "val", "test"):
         ds = getattr(run.splits, split)
         if ds is None or (split == "train" and not args.train):
             continue
-        loss, acc = evaluate(
-            run.model, ds, batch_size=run.cfg.data.eval_batch_size, device=args.device
-        )
+        loss, acc = evaluate(run.model, ds, batch_size=run.cfg.data.eval_batch_size, device=device)
         results[split] = {"loss": loss, "acc": acc, "n": len(ds)}
     if args.json:
         print(json.dumps(results, indent=2))
@@ -190,20 +189,25 @@ def _extensions() -> list[Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``dpp ARGV``; returns the exit code.
+
+    A user's mistake (:class:`~dpp.experiments.errors.UserError`: a bad config, a missing or
+    damaged file, a bad run directory; or a dataset error) is one line on stderr and exit
+    code 2 (``DPP_DEBUG=1`` shows its traceback too); anything else is a bug and keeps its
+    traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .runconfig import ConfigError
+    from .data import DatasetError
+    from .errors import ConfigError, UserError
 
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
-        print(f"dpp {args.command}: config error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as err:
+    except (UserError, DatasetError) as err:
         if os.environ.get("DPP_DEBUG"):
             raise
-        print(f"dpp {args.command}: {err}", file=sys.stderr)
-        print("(set DPP_DEBUG=1 to see the traceback)", file=sys.stderr)
+        kind = "config error: " if isinstance(err, ConfigError) else ""
+        print(f"dpp {args.command}: {kind}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; resume with: dpp train --resume RUN_DIR", file=sys.stderr)

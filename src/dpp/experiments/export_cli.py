@@ -8,6 +8,9 @@ from typing import Any
 
 import torch
 
+from .checkpoint import atomic_write
+from .errors import ExportError
+
 __all__ = ["export_run", "register_cli"]
 
 FORMATS = {
@@ -34,11 +37,16 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None) -> tupl
     from .trainer import load_run
 
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+        raise ExportError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if out is not None and Path(out).is_dir():
+        raise ExportError(f"--out {out} is a directory; give the file to write")
     loaded = load_run(run, load_data=False)
     pruner = loaded.pruner
     if pruner is None and fmt in ("packed", "shrunk"):
-        raise ValueError(f"{run}: a {loaded.cfg.method} run has no k-of-n masks to {fmt}")
+        raise ExportError(
+            f"{run}: a {loaded.cfg.method} run has no k-of-n masks to export as {fmt}; "
+            "use --format torch or onnx"
+        )
     path = Path(out) if out is not None else loaded.path.parent / "export" / FORMATS[fmt]
     path.parent.mkdir(parents=True, exist_ok=True)
     info = dataset_info(loaded.cfg.data.dataset)
@@ -49,11 +57,12 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None) -> tupl
         return path, str(packed)
     if fmt == "shrunk":
         small, report = export.shrink(pruner, example, report=True)
-        torch.save(small, path)
+        atomic_write(path, lambda tmp: torch.save(small, tmp))
         return path, str(report)
     final = _finalized(loaded.model, pruner)
     if fmt == "torch":
-        torch.save(final.state_dict(), path)
+        state = final.state_dict()
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
         size = path.stat().st_size
         return path, f"finalized state dict, {size / 1024:.1f} KiB (dense layout, zeros kept)"
     export.to_onnx(final, example, path)

@@ -10,20 +10,52 @@ hooks, so the training loop stays the same for every method:
 - ``start_epoch(epoch)`` / ``end_epoch(epoch)``;
 - ``state_dict()`` / ``load_state_dict()``: saved in checkpoints for exact resume;
 - ``pruner``: the :class:`dpp.Pruner` when the method uses one (masks, summary, finalize).
+
+Every method registers itself with :func:`register_method` under its config name, with the
+pydantic model of its ``[baseline]`` options (none for dense and DPP), so that the run
+config validates ``method`` and its options without importing the methods' code paths.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pydantic
 import torch
 from torch import Tensor, nn
 
 import dpp
 
-from .runconfig import RunConfig
+from .data import dataset_info
+from .registry import Registry
 
-__all__ = ["DPPMethod", "DenseMethod", "TrainingMethod", "create_method"]
+if TYPE_CHECKING:  # annotations only: the run config imports this module
+    from .runconfig import RunConfig
+
+__all__ = [
+    "METHODS",
+    "DPPMethod",
+    "DenseMethod",
+    "NoOptions",
+    "TrainingMethod",
+    "create_method",
+    "register_method",
+]
+
+
+class NoOptions(pydantic.BaseModel):
+    """The options of a method that has none: any key in ``[baseline]`` is an error."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+#: Config name -> method class; ``meta["options"]`` is the pydantic model of its options.
+METHODS: Registry[type[TrainingMethod]] = Registry("method")
+
+
+def register_method(name: str, options: type[pydantic.BaseModel] = NoOptions):
+    """Class decorator: make a :class:`TrainingMethod` selectable as ``method = name``."""
+    return METHODS.register(name, options=options)
 
 
 class TrainingMethod:
@@ -78,10 +110,12 @@ class TrainingMethod:
         return None
 
 
+@register_method("dense")
 class DenseMethod(TrainingMethod):
     """No pruning: the reference every pruned result is compared with."""
 
 
+@register_method("dpp")
 class DPPMethod(TrainingMethod):
     """Dynamic Probabilistic Pruning with the run's ``pruning`` section."""
 
@@ -131,18 +165,14 @@ class DPPMethod(TrainingMethod):
 def example_inputs(cfg: RunConfig, model: nn.Module) -> torch.Tensor:
     """A batch of two zero images of the run's dataset, on the model's device (for
     ``dpp.prune(..., example_inputs=...)``, which links filter masks to BatchNorms)."""
-    from .data import dataset_info
-
     device = next(model.parameters()).device
     return torch.zeros(2, *dataset_info(cfg.data.dataset).input_shape, device=device)
 
 
 def create_method(cfg: RunConfig, model: nn.Module, steps_per_epoch: int) -> TrainingMethod:
-    """The method named by ``cfg.method``, set up on ``model`` (which it may modify)."""
-    if cfg.method == "dense":
-        return DenseMethod(model, cfg, steps_per_epoch)
-    if cfg.method == "dpp":
-        return DPPMethod(model, cfg, steps_per_epoch)
-    from .baselines import create_baseline
+    """The method named by ``cfg.method``, set up on ``model`` (which it may modify).
 
-    return create_baseline(cfg, model, steps_per_epoch)
+    The baselines register themselves when :mod:`dpp.experiments.baselines` is imported,
+    as :mod:`dpp.experiments.runconfig` does.
+    """
+    return METHODS.get(cfg.method).obj(model, cfg, steps_per_epoch)

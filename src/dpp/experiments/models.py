@@ -35,9 +35,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .registry import Registry
+
 __all__ = [
     "MODELS",
     "MODEL_ALIASES",
+    "REGISTRY",
     "VGG",
     "BasicBlock",
     "CifarResNet",
@@ -46,6 +49,7 @@ __all__ = [
     "create_model",
     "list_models",
     "num_parameters",
+    "register_model",
     "resnet18",
     "resnet20",
     "resnet56",
@@ -313,70 +317,58 @@ def _init_conv_bn(model: nn.Module) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def lenet300(num_classes: int = 10, input_shape: Sequence[int] = (1, 28, 28)) -> LeNet300:
+#: Every model, registered where its factory is defined: ``(num_classes, input_shape) ->
+#: nn.Module``, with its aliases and the default ``input_shape`` (``meta["input_shape"]``).
+REGISTRY: Registry[Callable[..., nn.Module]] = Registry("model")
+register_model = REGISTRY.register
+
+_MNIST: Shape = (1, 28, 28)
+_CIFAR: Shape = (3, 32, 32)
+
+
+@register_model(
+    "lenet300", aliases=("lenet-300-100", "lenet300-100", "lenet-300"), input_shape=_MNIST
+)
+def lenet300(num_classes: int = 10, input_shape: Sequence[int] = _MNIST) -> LeNet300:
     """LeNet-300-100 (see :class:`LeNet300`)."""
     return LeNet300(num_classes, input_shape)
 
 
-def lenet5(num_classes: int = 10, input_shape: Sequence[int] = (1, 28, 28)) -> LeNet5:
+@register_model("lenet5", aliases=("lenet-5", "lenet-5-caffe", "lenet5-caffe"), input_shape=_MNIST)
+def lenet5(num_classes: int = 10, input_shape: Sequence[int] = _MNIST) -> LeNet5:
     """LeNet-5-Caffe (see :class:`LeNet5`)."""
     return LeNet5(num_classes, input_shape)
 
 
-def vgg16(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> VGG:
+@register_model("vgg16", aliases=("vgg-16", "vgg16-bn", "vgg16_bn"), input_shape=_CIFAR)
+def vgg16(num_classes: int = 10, input_shape: Sequence[int] = _CIFAR) -> VGG:
     """VGG-16 with batch norm for CIFAR (see :class:`VGG`)."""
     return VGG(_VGG16_CFG, num_classes, _check_shape(input_shape)[0])
 
 
-def resnet20(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> CifarResNet:
+@register_model("resnet20", aliases=("resnet-20",), input_shape=_CIFAR)
+def resnet20(num_classes: int = 10, input_shape: Sequence[int] = _CIFAR) -> CifarResNet:
     """ResNet-20 for CIFAR: 3 stages x 3 blocks, 16/32/64 channels (He et al. 2016)."""
     return CifarResNet((3, 3, 3), (16, 32, 64), num_classes, _check_shape(input_shape)[0])
 
 
-def resnet56(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> CifarResNet:
+@register_model("resnet56", aliases=("resnet-56",), input_shape=_CIFAR)
+def resnet56(num_classes: int = 10, input_shape: Sequence[int] = _CIFAR) -> CifarResNet:
     """ResNet-56 for CIFAR: 3 stages x 9 blocks, 16/32/64 channels (He et al. 2016)."""
     return CifarResNet((9, 9, 9), (16, 32, 64), num_classes, _check_shape(input_shape)[0])
 
 
-def resnet18(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> CifarResNet:
+@register_model("resnet18", aliases=("resnet-18",), input_shape=_CIFAR)
+def resnet18(num_classes: int = 10, input_shape: Sequence[int] = _CIFAR) -> CifarResNet:
     """ResNet-18 with the CIFAR stem: 4 stages x 2 blocks, 64/128/256/512 channels."""
     return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, _check_shape(input_shape)[0])
 
 
-#: Canonical model name -> factory ``(num_classes, input_shape) -> nn.Module``.
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "lenet300": lenet300,
-    "lenet5": lenet5,
-    "vgg16": vgg16,
-    "resnet20": resnet20,
-    "resnet56": resnet56,
-    "resnet18": resnet18,
-}
+#: Canonical model name -> factory (a view of :data:`REGISTRY`).
+MODELS: dict[str, Callable[..., nn.Module]] = {e.name: e.obj for e in REGISTRY}
 
-#: Alternative spellings accepted by :func:`create_model`.
-MODEL_ALIASES: dict[str, str] = {
-    "lenet-300-100": "lenet300",
-    "lenet300-100": "lenet300",
-    "lenet-300": "lenet300",
-    "lenet-5": "lenet5",
-    "lenet-5-caffe": "lenet5",
-    "lenet5-caffe": "lenet5",
-    "vgg-16": "vgg16",
-    "vgg16-bn": "vgg16",
-    "vgg16_bn": "vgg16",
-    "resnet-20": "resnet20",
-    "resnet-56": "resnet56",
-    "resnet-18": "resnet18",
-}
-
-_DEFAULT_SHAPES: dict[str, Shape] = {
-    "lenet300": (1, 28, 28),
-    "lenet5": (1, 28, 28),
-    "vgg16": (3, 32, 32),
-    "resnet20": (3, 32, 32),
-    "resnet56": (3, 32, 32),
-    "resnet18": (3, 32, 32),
-}
+#: Alternative spellings accepted by :func:`create_model` (a view of :data:`REGISTRY`).
+MODEL_ALIASES: dict[str, str] = REGISTRY.aliases()
 
 
 def list_models() -> list[str]:
@@ -423,19 +415,18 @@ def create_model(
         >>> model(torch.zeros(4, 1, 8, 8)).shape
         torch.Size([4, 10])
     """
-    key = str(name).strip().lower()
-    key = MODEL_ALIASES.get(key, key)
-    if key not in MODELS:
+    if name not in REGISTRY:
         raise ValueError(
             f"unknown model {name!r}; valid names: {', '.join(list_models())} "
             f"(aliases: {', '.join(sorted(MODEL_ALIASES))})"
         )
+    entry = REGISTRY.get(name)
     if input_shape is None:
-        shape = _DEFAULT_SHAPES[key]
+        shape = entry.meta["input_shape"]
         if in_channels is not None:
             shape = (int(in_channels), shape[1], shape[2])
     else:
         shape = _check_shape(input_shape)
         if in_channels is not None and in_channels != shape[0]:
             raise ValueError(f"in_channels={in_channels} contradicts input_shape={shape}")
-    return MODELS[key](num_classes=num_classes, input_shape=shape, **kwargs)
+    return entry.obj(num_classes=num_classes, input_shape=shape, **kwargs)

@@ -1,7 +1,8 @@
 """Run configurations for ``dpp train``: TOML or YAML files, ``--set key=value`` overrides.
 
-A run config has a few sections; every key is checked, and an unknown key or a bad value
-gets an error that lists what is valid::
+A run config has a few sections; every key is type- and range-checked (pydantic models, in
+strict mode), and an unknown key or a bad value gets a :class:`ConfigError` that names the
+dotted key, says what is valid and suggests the closest key for a typo::
 
     name = "lenet300-fmnist-w95"
     seed = 0
@@ -27,233 +28,338 @@ gets an error that lists what is valid::
 
 Schedules in the ``pruning`` section may give ``epochs`` and ``delay_epochs`` instead of
 ``steps`` and ``delay``; the trainer converts them with the number of batches per epoch.
+
+YAML (files and ``--set`` values) is read with the YAML 1.2 core rules: only ``true`` and
+``false`` are booleans (``no``, ``on`` and ``off`` stay strings), ``1e-3`` is a number and
+dates stay strings.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
+import pydantic
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+import dpp
+from dpp.schedules import SCHEDULE_KINDS
+
+from . import baselines as _baselines  # noqa: F401 (importing it registers the baselines)
+from .data import DATASETS, canonical_name
+from .errors import ConfigError
+from .methods import METHODS as METHOD_REGISTRY
+from .models import REGISTRY as MODEL_REGISTRY
+from .registry import suggest
 
 __all__ = [
     "METHODS",
     "ConfigError",
+    "DataSection",
+    "LogSection",
+    "ModelSection",
     "RunConfig",
+    "TrainSection",
     "apply_overrides",
     "load_config_file",
     "load_run_config",
+    "parse_value",
 ]
 
 METHODS = ("dpp", "dense")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "step", "cosine")
-PROGRESS = ("auto", "on", "off")
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+Optimizer = Literal["adam", "adamw", "sgd"]
+LRSchedule = Literal["constant", "step", "cosine"]
+Progress = Literal["auto", "on", "off"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
+PROGRESS: tuple[str, ...] = get_args(Progress)
+
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # [0, 1)
+_STRICT = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
-class ConfigError(ValueError):
-    """A run configuration is invalid; the message names the key and what is valid."""
+def _invalid(key: str, message: str) -> PydanticCustomError:
+    """A validation error at ``key`` (dotted, relative to the model that raises it)."""
+    return PydanticCustomError("dpp_config", "{message}", {"message": message, "key": key})
 
 
-def _choice(section: str, key: str, value: Any, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ConfigError(
-            f"{section}.{key} = {value!r} is not valid; choose one of: {', '.join(valid)}"
-        )
+def _choose(value: Any, valid: list[str] | tuple[str, ...]) -> str:
+    return f"{value!r} is not valid{suggest(str(value), valid)}; choose one of: {', '.join(valid)}"
 
 
-def _positive(
-    section: str, key: str, value: Any, *, allow_zero: bool = False, integer: bool = False
-) -> None:
-    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{section}.{key} must be {kind} {bound}, got {value!r}")
+class _Section(BaseModel):
+    model_config = _STRICT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_default(cls, data: Any) -> Any:
+        return {} if data is None else data  # YAML "data:" with nothing under it
 
 
-@dataclass
-class DataSection:
+# ----------------------------------------------------------------------------- sections
+class DataSection(_Section):
     """Where the data comes from and how it is batched."""
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    val_size: int = 0
-    batch_size: int = 64
-    eval_batch_size: int = 1000
+    val_size: pydantic.NonNegativeInt = 0
+    batch_size: pydantic.PositiveInt = 64
+    eval_batch_size: pydantic.PositiveInt = 1000
     augment: bool | None = None  # None: the dataset's standard augmentation (CIFAR: crop+flip)
 
-    def validate(self) -> None:
-        from .data import DATASETS, canonical_name
-
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
         try:
-            canonical_name(self.dataset)
+            canonical_name(value)
         except ValueError:
-            raise ConfigError(
-                f"data.dataset = {self.dataset!r} is not valid; "
-                f"choose one of: {', '.join(DATASETS)}"
-            ) from None
-        _positive("data", "val_size", self.val_size, allow_zero=True, integer=True)
-        _positive("data", "batch_size", self.batch_size, integer=True)
-        _positive("data", "eval_batch_size", self.eval_batch_size, integer=True)
+            raise _invalid("", _choose(value, DATASETS)) from None
+        return value
 
 
-@dataclass
-class ModelSection:
-    """Which registered model to build (``dpp.experiments.models.list_models()``)."""
+class ModelSection(_Section):
+    """Which registered model to build (``dpp.experiments.models.list_models()``) and the
+    keyword arguments of its factory."""
 
     name: str = "lenet300"
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
 
-    def validate(self) -> None:
-        from .models import MODEL_ALIASES, MODELS
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODEL_REGISTRY:
+            raise _invalid("", _choose(value, sorted(MODEL_REGISTRY.names())))
+        return value
 
-        key = str(self.name).strip().lower()
-        if MODEL_ALIASES.get(key, key) not in MODELS:
-            raise ConfigError(
-                f"model.name = {self.name!r} is not valid; "
-                f"choose one of: {', '.join(sorted(MODELS))}"
-            )
+    @model_validator(mode="after")
+    def _factory_accepts_kwargs(self) -> ModelSection:
+        factory = MODEL_REGISTRY.get(self.name).obj
+        params = {
+            name: p
+            for name, p in inspect.signature(factory).parameters.items()
+            if name not in ("num_classes", "input_shape")
+        }
+        for key, value in self.kwargs.items():
+            if key not in params:
+                valid = ", ".join(params) or "none"
+                raise _invalid(
+                    f"kwargs.{key}",
+                    f"model {self.name!r} takes no keyword argument {key!r}"
+                    f"{suggest(key, list(params))}; valid: {valid}",
+                )
+            hint = inspect.get_annotations(factory, eval_str=True).get(key, Any)
+            try:
+                pydantic.TypeAdapter(hint).validate_python(value, strict=True)
+            except pydantic.ValidationError as err:
+                raise _invalid(
+                    f"kwargs.{key}", f"{err.errors()[0]['msg']}, got {value!r}"
+                ) from None
+        return self
 
 
-@dataclass
-class TrainSection:
+class TrainSection(_Section):
     """Optimizer, learning-rate schedule and epochs."""
 
-    epochs: int = 20
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    lr_milestones: list[int] = field(default_factory=list)  # epochs, for "step"
-    lr_gamma: float = 0.1
-    logit_lr: float | None = None  # None: the same as lr
-    logit_optimizer: str | None = None  # None: the same optimizer as the weights
-    grad_clip: float | None = None
-    label_smoothing: float = 0.0
+    epochs: pydantic.PositiveInt = 20
+    optimizer: Optimizer = "adam"
+    lr: Positive = 1e-3
+    momentum: Fraction = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    weight_decay: NonNegative = 0.0
+    lr_schedule: LRSchedule = "constant"
+    lr_milestones: list[pydantic.PositiveInt] = Field(default_factory=list)  # epochs, for "step"
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    logit_lr: Positive | None = None  # None: the same as lr
+    logit_optimizer: Optimizer | None = None  # None: the same optimizer as the weights
+    grad_clip: Positive | None = None
+    label_smoothing: Fraction = 0.0
     device: str = "auto"
     init_from: str | None = None  # run directory or checkpoint of a dense model to start from
     sparse_init: bool = True  # from scratch: scale pruned layers' weights by sqrt(n/k)
 
-    def validate(self) -> None:
-        _positive("train", "epochs", self.epochs, integer=True)
-        _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
-        if self.logit_optimizer is not None:
-            _choice("train", "logit_optimizer", self.logit_optimizer, OPTIMIZERS)
-        _positive("train", "lr", self.lr)
-        _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
-        _positive("train", "momentum", self.momentum, allow_zero=True)
-        _choice("train", "lr_schedule", self.lr_schedule, LR_SCHEDULES)
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_name(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise _invalid("", f"{value!r} is not valid; use auto, cpu or cuda[:N]")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainSection:
         if self.lr_schedule == "step" and not self.lr_milestones:
-            raise ConfigError("train.lr_schedule = 'step' needs train.lr_milestones (epochs)")
-        if self.logit_lr is not None:
-            _positive("train", "logit_lr", self.logit_lr)
-        if self.grad_clip is not None:
-            _positive("train", "grad_clip", self.grad_clip)
-        device = self.device
-        if not isinstance(device, str) or not (
-            device in ("auto", "cpu") or device.startswith("cuda")
-        ):
-            raise ConfigError(
-                f"train.device = {self.device!r} is not valid; use auto, cpu or cuda[:N]"
-            )
+            raise _invalid("lr_schedule", "'step' needs train.lr_milestones (epochs)")
+        if any(b <= a for a, b in zip(self.lr_milestones, self.lr_milestones[1:], strict=False)):
+            raise _invalid("lr_milestones", f"must increase, got {self.lr_milestones}")
+        uses_sgd = "sgd" in (self.optimizer, self.logit_optimizer)
+        if self.nesterov and uses_sgd and self.momentum == 0:
+            raise _invalid("nesterov", "true needs train.momentum > 0")
+        return self
 
 
-@dataclass
-class LogSection:
+class LogSection(_Section):
     """Progress output, metrics and checkpoints."""
 
-    progress: str = "auto"  # auto: bars only when the output is a terminal
+    progress: Progress = "auto"  # auto: bars only when the output is a terminal
     tensorboard: bool = False
     mask_metrics: bool = True
-    metrics_samples: int = 64  # Monte Carlo draws per layer for confidence/diversity
+    metrics_samples: pydantic.PositiveInt = 64  # Monte Carlo draws per layer
     checkpoint: bool = True
 
-    def __post_init__(self) -> None:
-        # YAML 1.1 (config files and --set) reads unquoted on/off as booleans.
-        if isinstance(self.progress, bool):
-            self.progress = "on" if self.progress else "off"
-
-    def validate(self) -> None:
-        _choice("log", "progress", self.progress, PROGRESS)
-        _positive("log", "metrics_samples", self.metrics_samples, integer=True)
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _bool_progress(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # an explicit true/false (JSON, TOML)
+            return "on" if value else "off"
+        return value
 
 
-_SECTIONS = {"data": DataSection, "model": ModelSection, "train": TrainSection, "log": LogSection}
-_TOP_KEYS = ("name", "seed", "method", "output_dir", "pruning", "baseline", *_SECTIONS)
+# ----------------------------------------------------------------------------- pruning
+def _schedule_like(key: str, value: Any, *, optional: bool = False) -> None:
+    """A number (constant) or a schedule mapping with the valid keys and types."""
+    if value is None and optional:
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return
+    if not isinstance(value, dict):
+        raise _invalid(key, f"must be a number or a schedule mapping, got {value!r}")
+    try:
+        _ScheduleSection.model_validate(value)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        raise _invalid(
+            f"{key}.{_dotted(first['loc'])}", _message(first, _ScheduleSection, key)
+        ) from None
 
 
-@dataclass
-class RunConfig:
+class _ScheduleSection(BaseModel):
+    """A :class:`dpp.Schedule` mapping in a run config (``epochs`` instead of ``steps``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    kind: Literal[SCHEDULE_KINDS] = "constant"  # type: ignore[valid-type]
+    start: float = 1.0
+    end: float | None = None
+    steps: pydantic.PositiveInt | None = None
+    delay: pydantic.NonNegativeInt = 0
+    epochs: Positive | None = None
+    delay_epochs: NonNegative | None = None
+
+
+class _PruningTypes(BaseModel):
+    """The types of the ``pruning`` section's keys (the fields of :class:`dpp.DPPConfig`);
+    :class:`dpp.DPPConfig` checks their values and how they combine."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    granularity: str = "weight"
+    density: float | None = None
+    k: int | None = None
+    block_size: int | None = None
+    include: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    temperature: Any = None
+    noise_scale: Any = None
+    sparsity_ramp: Any = None
+    logit_init_std: NonNegative = 0.5
+    logit_init: str = "normal"
+    entropy_weight: NonNegative = 0.0
+    weight_bits: Any = None  # 2..8 or "binary": the core says what is valid
+    quant_scale: str = "channel"
+    activation_bits: int | None = None
+
+    @model_validator(mode="after")
+    def _schedules(self) -> _PruningTypes:
+        for key in ("temperature", "noise_scale", "sparsity_ramp"):
+            value = getattr(self, key)
+            _schedule_like(key, value, optional=value is None)
+        return self
+
+
+# ----------------------------------------------------------------------------- run config
+class RunConfig(BaseModel):
     """A whole experiment: data, model, training, pruning, logging.
 
     ``pruning`` holds the fields of :class:`dpp.DPPConfig` (schedules may use ``epochs``);
     ``baseline`` the options of a baseline method (see ``dpp.experiments.baselines``).
     """
 
-    name: str = "run"
-    seed: int = 0
+    model_config = _STRICT
+
+    name: Annotated[str, Field(min_length=1)] = "run"
+    seed: pydantic.NonNegativeInt = 0
     method: str = "dpp"
     output_dir: str = "runs"
-    data: DataSection = field(default_factory=DataSection)
-    model: ModelSection = field(default_factory=ModelSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    log: LogSection = field(default_factory=LogSection)
-    pruning: dict[str, Any] = field(default_factory=dict)
-    baseline: dict[str, Any] = field(default_factory=dict)
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    log: LogSection = Field(default_factory=LogSection)
+    pruning: dict[str, Any] = Field(default_factory=dict)
+    baseline: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHOD_REGISTRY.names():
+            raise _invalid("", _choose(value, METHOD_REGISTRY.names()))
+        return value
+
+    @field_validator("pruning")
+    @classmethod
+    def _pruning_types(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            _PruningTypes.model_validate(value)
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            if first["type"] == "dpp_config":
+                raise _invalid(_dotted(first["loc"], first), first["ctx"]["message"]) from None
+            raise _invalid(
+                _dotted(first["loc"]), _message(first, _PruningTypes, "pruning")
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _method_options(self) -> RunConfig:
+        options = METHOD_REGISTRY.get(self.method).meta["options"]
+        try:
+            options.model_validate(self.baseline)
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            message = _message(first, options, "baseline")
+            if first["type"] == "extra_forbidden" and not options.model_fields:
+                message = f"unknown key; method {self.method!r} takes no options"
+            raise _invalid(f"baseline.{_dotted(first['loc'])}", message) from None
+        if self.method != "dense" or self.pruning:
+            try:
+                self.dpp_config(steps_per_epoch=1)  # the values of the pruning section
+            except ConfigError as err:
+                message = str(err).removeprefix("pruning: ").removeprefix("config: ")
+                raise _invalid("pruning", message) from None
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data (what ``config.yaml`` and checkpoints hold)."""
+        return self.model_dump()
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, data: Any) -> RunConfig:
         """Build and validate a config; unknown keys and bad values raise :class:`ConfigError`."""
         if not isinstance(data, dict):
             raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(_TOP_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown}; valid top-level keys: {', '.join(_TOP_KEYS)}"
-            )
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in _SECTIONS:
-                kwargs[key] = _build_section(key, _SECTIONS[key], value)
-            else:
-                kwargs[key] = value
-        cfg = cls(**kwargs)
-        cfg.validate()
-        return cfg
+        try:
+            return cls.model_validate(data)
+        except pydantic.ValidationError as err:
+            raise ConfigError(_format_errors(err)) from None
 
-    def validate(self) -> None:
-        from .baselines import BASELINES
-
-        methods = (*METHODS, *BASELINES)
-        _choice("run", "method", self.method, methods)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed must be an int, got {self.seed!r}")
-        for key in _SECTIONS:
-            getattr(self, key).validate()
-        if not isinstance(self.pruning, dict):
-            raise ConfigError(
-                f"pruning must be a mapping of dpp.DPPConfig fields, got {self.pruning!r}"
-            )
-        if self.method != "dense" or self.pruning:
-            self.dpp_config(steps_per_epoch=1)  # validates the pruning section
-
-    def dpp_config(self, steps_per_epoch: int):
+    def dpp_config(self, steps_per_epoch: int) -> dpp.DPPConfig:
         """The :class:`dpp.DPPConfig` of this run, with epoch-based schedules in steps."""
-        import dpp
-
         pruning = copy.deepcopy(self.pruning)
         for key in ("temperature", "noise_scale", "sparsity_ramp"):
             value = pruning.get(key)
@@ -270,28 +376,141 @@ class RunConfig:
             raise ConfigError(f"pruning: {err}") from None
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
 
 
-def _build_section(name: str, cls: type, value: Any) -> Any:
-    if value is None:
-        return cls()
-    if not isinstance(value, dict):
-        raise ConfigError(f"{name} must be a mapping, got {value!r}")
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(value) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in [{name}]; valid keys: {', '.join(valid)}")
-    return cls(**value)
+# ----------------------------------------------------------------------------- messages
+def _dotted(loc: tuple[Any, ...], error: dict[str, Any] | None = None) -> str:
+    parts = [str(p) for p in loc]
+    if error is not None and error.get("type") == "dpp_config" and error["ctx"]["key"]:
+        parts.append(error["ctx"]["key"])
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out
 
 
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that validates the mapping at ``loc`` below ``root``."""
+    cls: Any = root
+    for part in loc:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return None
+        cls = field.annotation
+    return cls
+
+
+def _message(error: dict[str, Any], root: type[BaseModel] = BaseModel, where: str = "") -> str:
+    """One pydantic error in words: what is wrong, what is valid (``where``: the dotted
+    location of ``root`` in the run config)."""
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx", {})
+    if kind == "dpp_config":
+        return ctx["message"]
+    if kind == "extra_forbidden":
+        model = _model_at(root, error["loc"][:-1])
+        valid = list(model.model_fields) if model is not None else []
+        section = ".".join([where, *map(str, error["loc"][:-1])]).strip(".")
+        return (
+            f"unknown key{suggest(str(error['loc'][-1]), valid)}; "
+            f"valid keys {f'in [{section}]' if section else 'at the top level'}: "
+            f"{', '.join(valid)}"
+        )
+    if kind == "literal_error":
+        return _choose(value, re.findall(r"'([^']*)'", ctx.get("expected", "")))
+    bounds = {
+        "greater_than": ("> ", "gt"),
+        "greater_than_equal": (">= ", "ge"),
+        "less_than": ("< ", "lt"),
+        "less_than_equal": ("<= ", "le"),
+    }
+    if kind in bounds:
+        word, key = bounds[kind]
+        return f"must be {word}{ctx[key]:g}, got {value!r}"
+    kinds = {
+        "int_type": "an integer",
+        "int_from_float": "an integer",
+        "float_type": "a number",
+        "finite_number": "a finite number",
+        "bool_type": "true or false",
+        "string_type": "a string",
+        "dict_type": "a mapping",
+        "model_type": "a mapping",
+        "list_type": "a list",
+        "string_too_short": "a non-empty string",
+    }
+    if kind in kinds:
+        return f"must be {kinds[kind]}, got {value!r}"
+    return f"{error['msg']}, got {value!r}"
+
+
+def _format_errors(err: pydantic.ValidationError) -> str:
+    lines = []
+    for error in err.errors():
+        key = _dotted(error["loc"], error)
+        lines.append(f"{key}: {_message(error, RunConfig)}" if key else _message(error))
+    return "; ".join(dict.fromkeys(lines))
+
+
+# ----------------------------------------------------------------------------- YAML 1.2
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 core schema scalars: true/false, decimal ints, floats with or without a dot."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string that YAML 1.1 or 1.2 would read as something else."""
+
+
+_RESOLVERS = [
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^[-+]?[0-9]+$", "-+0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+.0123456789",
+    ),
+]
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag in ("tag:yaml.org,2002:null",)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Dumper.yaml_implicit_resolvers = copy.deepcopy(yaml.SafeDumper.yaml_implicit_resolvers)
+for _tag, _regexp, _first in _RESOLVERS:
+    for _cls in (_Loader, _Dumper):
+        _cls.add_implicit_resolver(_tag, re.compile(_regexp), list(_first))
+_Loader.add_constructor(
+    "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node))
+)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML 1.2 (``no``/``on``/``off`` stay strings, ``1e-3`` is a float).
+
+    Example:
+        >>> [parse_value(v) for v in ("no", "true", "1e-3", "010", "[1, 2]", "")]
+        ['no', True, 0.001, 10, [1, 2], None]
+    """
+    try:
+        return yaml.load(text, Loader=_Loader) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set value {text!r} could not be parsed: {err}") from None
+
+
+# ----------------------------------------------------------------------------- files
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON file into a dict."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
     suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(
+            f"config file {path}: unknown format {suffix!r}; use .toml, .yaml or .json"
+        )
+    text = path.read_text()
     try:
         if suffix == ".toml":
             try:
@@ -299,17 +518,11 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib  # type: ignore[no-redef]
             data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
         elif suffix == ".json":
             data = json.loads(text)
         else:
-            raise ConfigError(
-                f"config file {path}: unknown format {suffix!r}; use .toml, .yaml or .json"
-            )
-    except ConfigError:
-        raise
-    except Exception as err:  # parse errors of the three formats
+            data = yaml.load(text, Loader=_Loader) or {}
+    except (ValueError, yaml.YAMLError) as err:  # the parse errors of the three formats
         raise ConfigError(f"config file {path} could not be parsed: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
@@ -317,7 +530,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` assignments (values parsed as YAML) to a copy of ``data``.
+    """Apply ``key.sub=value`` assignments (values parsed by :func:`parse_value`) to a copy.
 
     Example:
         >>> apply_overrides({"train": {"lr": 0.1}}, ["train.lr=1e-3", "pruning.density=0.05"])
@@ -328,10 +541,7 @@ def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, A
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value (e.g. train.lr=0.01), got {item!r}")
-        value = yaml.safe_load(raw) if raw.strip() else None
-        # YAML 1.1 reads 1e-3 as a string; accept it as a float.
-        if isinstance(value, str) and _FLOAT.match(value.strip()):
-            value = float(value)
+        value = parse_value(raw)
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,14 +36,17 @@ from .checkpoint import (
     atomic_write_text,
     capture_rng,
     load_checkpoint,
+    remove_stale_temp_files,
     restore_rng,
     save_checkpoint,
     write_json,
 )
 from .data import BatchLoader, Splits, TensorDataset, default_augmentation, load_dataset
+from .errors import ConfigError, ResumeError, RunDirError
 from .methods import TrainingMethod, create_method
-from .models import create_model, num_parameters
+from .models import create_model
 from .runconfig import RunConfig
+from .seeding import mix_seed
 
 __all__ = ["LoadedRun", "RunResult", "evaluate", "load_run", "resolve_checkpoint", "train"]
 
@@ -76,22 +79,40 @@ def _init_distributed(device_pref: str) -> DistContext:
     return DistContext(rank, world, local_rank)
 
 
-def _device(pref: str, ctx: DistContext) -> torch.device:
+def _device(pref: str, ctx: DistContext, key: str = "train.device") -> torch.device:
+    """The device ``pref`` names (:class:`ConfigError`, naming ``key``, if there is none)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", pref):
+        raise ConfigError(f"{key} = {pref!r} is not valid; use auto, cpu or cuda[:N]")
     if pref == "auto":
         pref = "cuda" if torch.cuda.is_available() else "cpu"
     if pref.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device asks for CUDA but no CUDA device is available")
+            raise ConfigError(
+                f"{key} = {pref!r}, but torch finds no CUDA device here; use 'auto' or 'cpu'"
+            )
         if ctx.enabled:
             return torch.device("cuda", ctx.local_rank)
+        index = torch.device(pref).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{key} = {pref!r}, but there are {torch.cuda.device_count()} CUDA "
+                f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
     return torch.device(pref)
 
 
-def _seed_for(seed: int, *parts: int) -> int:
-    value = seed & 0xFFFFFFFF
-    for p in parts:
-        value = (value * 1_000_003 + p + 0x9E3779B9) & 0x7FFFFFFFFFFFFFFF
-    return value
+def _check_world_size(resume: Any, checkpoint: dict[str, Any], ctx: DistContext) -> None:
+    """A run resumes with the number of processes it was trained with."""
+    saved = int(checkpoint["world_size"])
+    if saved != ctx.world_size:
+        raise ResumeError(
+            f"{resume}: the run was trained with {saved} process(es) and is resumed with "
+            f"{ctx.world_size}. The world size sets the steps per epoch (every process reads "
+            "1/world of the training set), so it changes every schedule counted in steps "
+            "(temperature, noise scale, sparsity ramp, gradual pruning) and the data order; "
+            f"resume with {saved} process(es) (torchrun --nproc_per_node={saved}, or no "
+            "torchrun for 1) for an exact continuation"
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -214,18 +235,19 @@ def _new_run_dir(cfg: RunConfig) -> Path:
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """A run directory (its ``checkpoint.pt``) or a checkpoint file."""
+    """A run directory (its ``checkpoint.pt``) or a checkpoint file (:class:`RunDirError` if
+    neither)."""
     path = Path(path)
     if path.is_dir():
         ckpt = path / "checkpoint.pt"
         if not ckpt.is_file():
-            raise FileNotFoundError(
+            raise RunDirError(
                 f"run directory {path} has no checkpoint.pt "
                 "(was it run with log.checkpoint = false?)"
             )
         return ckpt
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is neither a run directory nor a checkpoint file")
+    if not path.is_file():
+        raise RunDirError(f"{path} is neither a run directory nor a checkpoint file")
     return path
 
 
@@ -243,7 +265,7 @@ def _load_init(model: nn.Module, source: str) -> None:
     state = {k: v for k, v in state.items() if ".dpp." not in k and ".dpp_act." not in k}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
+        raise ConfigError(
             f"train.init_from = {source}: its weights do not fit the model "
             f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
@@ -270,11 +292,6 @@ def _build(
         method.pruner.rescale_for_sparsity()
     model.to(device)
     return model, method
-
-
-def _steps_per_epoch(n_train: int, batch_size: int, world_size: int) -> int:
-    per_rank = math.ceil(n_train / world_size)
-    return math.ceil(per_rank / batch_size)
 
 
 # ----------------------------------------------------------------------------- results
@@ -344,6 +361,8 @@ def train(
     if cfg is None:
         raise ValueError("train() needs a RunConfig or resume=")
     ctx = _init_distributed(cfg.train.device)
+    if checkpoint is not None:
+        _check_world_size(resume, checkpoint, ctx)
     device = _device(cfg.train.device, ctx)
     if device.type == "cpu":
         # Denormal floats late in training slow CPU epochs down; flushing them is a global
@@ -372,7 +391,7 @@ def train(
     model, method = _build(cfg, splits, steps_per_epoch, device)
     pruner = method.pruner
     # Every rank draws its own masks: seed the training RNG with the rank.
-    torch.manual_seed(_seed_for(cfg.seed, 1, ctx.rank))
+    torch.manual_seed(mix_seed(cfg.seed, 1, ctx.rank))
 
     groups = method.param_groups(
         lr=cfg.train.lr,
@@ -395,11 +414,6 @@ def train(
         opts.load_state_dict(checkpoint["optimizer"])
         for sched, state in zip(schedulers, checkpoint["schedulers"], strict=True):
             sched.load_state_dict(state)
-        if int(checkpoint.get("world_size", 1)) != ctx.world_size:
-            raise ValueError(
-                f"{resume}: the run was trained with {checkpoint.get('world_size', 1)} processes; "
-                f"resume it with the same number (got {ctx.world_size}) for an exact continuation"
-            )
         restore_rng(checkpoint["rng"][ctx.rank])
         start_epoch = int(checkpoint["epoch"])
         step = int(checkpoint["step"])
@@ -409,6 +423,9 @@ def train(
     if ctx.main:
         out_dir = Path(run_dir) if run_dir is not None else _new_run_dir(cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is not None:
+            for tmp in remove_stale_temp_files(out_dir):
+                _log(f"removed {tmp.name}, left by a write that was interrupted", ctx, quiet)
         atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
         # Rewrite the metrics log from the checkpoint's history, dropping epochs logged
         # after the last checkpoint by an interrupted run.
@@ -592,9 +609,7 @@ def _gather_rng(ctx: DistContext) -> list[dict[str, Any]]:
 def _mask_metrics(pruner: dpp.Pruner, cfg: RunConfig, epoch: int) -> dict[str, Any]:
     from dpp.metrics import model_metrics
 
-    return model_metrics(
-        pruner, samples=cfg.log.metrics_samples, seed=_seed_for(cfg.seed, 2, epoch)
-    )
+    return model_metrics(pruner, samples=cfg.log.metrics_samples, seed=mix_seed(cfg.seed, 2, epoch))
 
 
 def _tensorboard(cfg: RunConfig, out_dir: Path | None) -> Any:
@@ -733,6 +748,7 @@ def load_run(
     path: str | os.PathLike[str], *, load_data: bool = True, device: str = "cpu"
 ) -> LoadedRun:
     """Rebuild a run's model and pruner from a run directory or checkpoint (eval mode)."""
+    torch_device = _device(device, DistContext(), key="--device")
     ckpt_path = resolve_checkpoint(path)
     checkpoint = load_checkpoint(ckpt_path)
     cfg = RunConfig.from_dict(checkpoint["config"])
@@ -753,7 +769,7 @@ def load_run(
     method = create_method(cfg, model, int(checkpoint["steps_per_epoch"]))
     method.load_state_dict(checkpoint["method"])
     model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
+    model.to(torch_device).eval()
     return LoadedRun(cfg, model, method, checkpoint, ckpt_path, splits)
 
 
@@ -799,7 +815,3 @@ def run_summary_table(summary: dict[str, Any]) -> str:
     facts.append(["run directory", str(summary["run_dir"])])
     parts.append(format_table(facts, fmt="plain", align="ll"))
     return "\n\n".join(parts)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return num_parameters(model)
