@@ -24,8 +24,15 @@ import statistics
 import sys
 from pathlib import Path
 
+from dpp.experiments.tables import format_table
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
+
+
+def _md(rows: list[list[str]], header: list[str]) -> str:
+    """A Markdown table, every column left-aligned."""
+    return format_table(rows, header, fmt="markdown", align="l" * len(header))
 
 
 def _summaries(grid: str, prefix: str) -> list[dict]:
@@ -75,38 +82,53 @@ def _command(grid: str, prefix: str) -> str:
 
 
 def dense_vs_dpp() -> str:
-    rows = [
-        "| model | method | sparsity per neuron | test accuracy (%) | vs dense | parameters kept "
-        "| epochs | command |",
-        "|---|---|---|---|---|---|---|---|",
+    header = [
+        "model",
+        "method",
+        "sparsity per neuron",
+        "test accuracy (%)",
+        "vs dense",
+        "parameters kept",
+        "epochs",
+        "command",
     ]
+    rows = []
     for grid, model, epochs in (
         ("lenet300-fmnist", "LeNet-300-100", 20),
         ("lenet5-fmnist", "LeNet-5-Caffe", 10),
     ):
         dense = _summaries(grid, "reference-dense")
-        rows.append(
-            f"| {model} | dense | 0% | {_acc(dense)} | - | {_kept(dense)} | {epochs} "
-            f"| {_command(grid, 'reference-dense')} |"
-        )
+        ref = _command(grid, "reference-dense")
+        rows.append([model, "dense", "0%", _acc(dense), "-", _kept(dense), str(epochs), ref])
         for pct in ("90", "95", "98"):
             for label, slug in (("DPP", "dpp"), ("DPP, sparsity ramp", "dpp-sparsity-ramp")):
                 runs = _summaries(grid, f"{pct}-{slug}")
-                if not runs:
-                    continue
-                rows.append(
-                    f"| {model} | {label} | {pct}% | {_acc(runs)} "
-                    f"| {_vs_dense(runs, dense)} | {_kept(runs)} "
-                    f"| {epochs} | {_command(grid, f'{pct}-{slug}')} |"
-                )
-    return "\n".join(rows)
+                if runs:
+                    rows.append(
+                        [
+                            model,
+                            label,
+                            f"{pct}%",
+                            _acc(runs),
+                            _vs_dense(runs, dense),
+                            _kept(runs),
+                            str(epochs),
+                            _command(grid, f"{pct}-{slug}"),
+                        ]
+                    )
+    return _md(rows, header)
 
 
 def quantization() -> str:
-    rows = [
-        "| model | weights | test accuracy (%) | vs dense | compression vs dense fp32 | command |",
-        "|---|---|---|---|---|---|",
+    header = [
+        "model",
+        "weights",
+        "test accuracy (%)",
+        "vs dense",
+        "compression vs dense fp32",
+        "command",
     ]
+    rows = []
     for model, cmp_grid, q_grid in (
         ("LeNet-300-100", "lenet300-fmnist", "quant-lenet300-fmnist"),
         ("LeNet-5-Caffe", "lenet5-fmnist", "quant-lenet5-fmnist"),
@@ -124,39 +146,37 @@ def quantization() -> str:
                 ("4-bit, fc1 98%", "4-bit-fc1-98"),
             )
         ]
-        rows.append(
-            f"| {model} | dense fp32 | {_acc(dense)} | - | 1.0x "
-            f"| {_command(cmp_grid, 'reference-dense')} |"
-        )
+        ref = _command(cmp_grid, "reference-dense")
+        rows.append([model, "dense fp32", _acc(dense), "-", "1.0x", ref])
         for label, grid, prefix in settings:
             runs = _summaries(grid, prefix)
-            if not runs:
-                continue
-            rows.append(
-                f"| {model} | {label} | {_acc(runs)} "
-                f"| {_vs_dense(runs, dense)} | {_compression(runs)} "
-                f"| {_command(grid, prefix)} |"
-            )
-    return "\n".join(rows)
+            if runs:
+                rows.append(
+                    [
+                        model,
+                        label,
+                        _acc(runs),
+                        _vs_dense(runs, dense),
+                        _compression(runs),
+                        _command(grid, prefix),
+                    ]
+                )
+    return _md(rows, header)
 
 
 def _grid_table(grid: str, settings: list[str], methods: list[tuple[str, str]]) -> str:
-    rows = [
-        "| setting | method | test accuracy (%) | kept weights / params | storage |",
-        "|---|---|---|---|---|",
-    ]
+    header = ["setting", "method", "test accuracy (%)", "kept weights / params", "storage"]
+    rows = []
     dense = _summaries(grid, "reference-dense")
     if dense:
-        rows.append(f"| - | dense | {_acc(dense)} | {_kept(dense)} | 1.0x |")
+        rows.append(["-", "dense", _acc(dense), _kept(dense), "1.0x"])
     for setting in settings:
         for label, slug in methods:
             runs = _summaries(grid, f"{setting}-{slug}")
             if runs:
-                rows.append(
-                    f"| {setting.replace('-', ':')}{'%' if setting.isdigit() else ''} | {label} "
-                    f"| {_acc(runs)} | {_kept(runs)} | {_compression(runs)} |"
-                )
-    return "\n".join(rows)
+                name = f"{setting.replace('-', ':')}{'%' if setting.isdigit() else ''}"
+                rows.append([name, label, _acc(runs), _kept(runs), _compression(runs)])
+    return _md(rows, header)
 
 
 METHODS = [
@@ -184,19 +204,13 @@ def summary() -> str:
     """The README's few lines: LeNet-300-100 on Fashion-MNIST, DPP against the baselines."""
     grid = "lenet300-fmnist"
     settings = ["90", "95", "98", "2-4"]
-    head = " | ".join(f"{s.replace('-', ':')}{'%' if s.isdigit() else ''}" for s in settings)
-    rows = [
-        f"| LeNet-300-100, Fashion-MNIST, 20 epochs, 3 seeds | {head} |",
-        "|---" * (len(settings) + 1) + "|",
+    header = ["LeNet-300-100, Fashion-MNIST, 20 epochs, 3 seeds"] + [
+        f"{s.replace('-', ':')}{'%' if s.isdigit() else ''}" for s in settings
     ]
     dense = _summaries(grid, "reference-dense")
-    rows.append("| dense | " + " | ".join(_acc(dense) for _ in settings) + " |")
+    rows = [["dense"] + [_acc(dense) for _ in settings]]
     for label, slug in (("DPP", "dpp"), ("DPP, sparsity ramp", "dpp-sparsity-ramp")):
-        rows.append(
-            f"| {label} | "
-            + " | ".join(_acc(_summaries(grid, f"{s}-{slug}")) for s in settings)
-            + " |"
-        )
+        rows.append([label] + [_acc(_summaries(grid, f"{s}-{slug}")) for s in settings])
     best = []
     for setting in settings:
         candidates = [
@@ -213,13 +227,12 @@ def summary() -> str:
             best.append(f"{_acc(runs)} ({letter})")
         else:
             best.append("(not run)")
-    rows.append("| best structured baseline (c, d, e) | " + " | ".join(best) + " |")
+    rows.append(["best structured baseline (c, d, e)", *best])
     rows.append(
-        "| random fixed k-of-n (f) | "
-        + " | ".join(_acc(_summaries(grid, f"{s}-random-fixed-k-of-n")) for s in settings)
-        + " |"
+        ["random fixed k-of-n (f)"]
+        + [_acc(_summaries(grid, f"{s}-random-fixed-k-of-n")) for s in settings]
     )
-    return "\n".join(rows)
+    return _md(rows, header)
 
 
 def binary() -> str:
@@ -242,7 +255,7 @@ def tuning() -> str:
     from dpp.experiments.compare import load_grid
 
     grid = load_grid(ROOT / "configs" / "grids" / "tune_dpp.toml")
-    rows = ["| knob changed (LeNet-300-100, 10 epochs, seed 0) | 95% | 98% |", "|---|---|---|"]
+    rows = []
     for method in grid.methods:
         cells = []
         for setting in ("95%", "98%"):
@@ -250,16 +263,17 @@ def tuning() -> str:
             path = RESULTS / "tune-dpp" / spec.run_id / "summary.json"
             acc = json.loads(path.read_text())["test_acc"] if path.is_file() else None
             cells.append(f"{100 * acc:.2f}" if acc is not None else "(not run)")
-        rows.append(f"| {method} | {cells[0]} | {cells[1]} |")
-    return "\n".join(rows)
+        rows.append([method, *cells])
+    return _md(rows, ["knob changed (LeNet-300-100, 10 epochs, seed 0)", "95%", "98%"])
+
+
+LAYERS = ("fc1", "fc2", "fc3")
 
 
 def mask_metrics() -> str:
-    rows = [
-        "| epoch | fc1 conf. | fc2 conf. | fc3 conf. | fc1 div. | fc2 div. | fc3 div. "
-        "| test acc. (%) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["epoch"] + [f"{layer} {key}." for key in ("conf", "div") for layer in LAYERS]
+    header.append("test acc. (%)")
+    rows = []
     runs = sorted(
         p
         for p in (RESULTS / "lenet300-fmnist").glob("*/metrics.jsonl")
@@ -279,12 +293,9 @@ def mask_metrics() -> str:
             return f"{statistics.fmean(values):.3f}"
 
         acc = statistics.fmean(100 * r["test_acc"] for r in per_run)
-        rows.append(
-            f"| {epoch} | {mean('fc1', 'confidence')} | {mean('fc2', 'confidence')} "
-            f"| {mean('fc3', 'confidence')} | {mean('fc1', 'diversity')} "
-            f"| {mean('fc2', 'diversity')} | {mean('fc3', 'diversity')} | {acc:.2f} |"
-        )
-    return "\n".join(rows)
+        cells = [mean(layer, key) for key in ("confidence", "diversity") for layer in LAYERS]
+        rows.append([str(epoch), *cells, f"{acc:.2f}"])
+    return _md(rows, header)
 
 
 TABLES = {
