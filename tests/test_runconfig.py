@@ -355,3 +355,151 @@ def test_epoch_schedules_become_steps(epochs, delay_epochs, steps_per_epoch):
     # the run config itself keeps the epochs (it is what config.yaml saves)
     assert cfg.pruning["temperature"]["epochs"] == epochs
     assert math.isclose(dpp_cfg.temperature.value(steps_per_epoch * epochs), 0.5)
+
+
+# ------------------------------------------------------------------ every field checked
+@pytest.mark.parametrize(
+    ("assignments", "key", "words"),
+    [
+        # train settings: types and ranges
+        (["train.epochs=true"], "train.epochs", ["integer"]),
+        (["train.lr=.inf"], "train.lr", ["finite"]),
+        (["train.momentum=1.5"], "train.momentum", ["< 1"]),
+        (["train.momentum=-0.1"], "train.momentum", [">= 0"]),
+        (["train.lr_gamma=2"], "train.lr_gamma", ["<= 1"]),
+        (["train.label_smoothing=1"], "train.label_smoothing", ["< 1"]),
+        (["train.grad_clip=0"], "train.grad_clip", ["> 0"]),
+        (["train.logit_lr=-1"], "train.logit_lr", ["> 0"]),
+        (["train.lr_milestones=[0]"], "train.lr_milestones[0]", ["> 0"]),
+        (["train.lr_milestones=[3, 2]"], "train.lr_milestones", ["increase"]),
+        (["train.lr_milestones=5"], "train.lr_milestones", ["list"]),
+        (["train.sparse_init=1"], "train.sparse_init", ["true or false"]),
+        (["train.init_from=3"], "train.init_from", ["string"]),
+        (["train.device=cuda:x"], "train.device", ["cuda[:N]"]),
+        # the optimizer's own options
+        (["train.nesterov=no"], "train.nesterov", ["true or false", "'no'"]),
+        (
+            ["train.optimizer=sgd", "train.nesterov=true", "train.momentum=0"],
+            "train.nesterov",
+            ["momentum > 0"],
+        ),
+        # the augmentation flag and the other sections
+        (["data.augment=no"], "data.augment", ["true or false", "'no'"]),
+        (["data.augment=1"], "data.augment", ["true or false"]),
+        (["data.eval_batch_size=0"], "data.eval_batch_size", ["> 0"]),
+        (["data.data_dir=[1]"], "data.data_dir", ["string"]),
+        (["log.metrics_samples=0"], "log.metrics_samples", ["> 0"]),
+        (["log.tensorboard=yes"], "log.tensorboard", ["true or false"]),
+        (["seed=-1"], "seed", [">= 0"]),
+        (["name="], "name", ["string"]),
+        (["data=3"], "data", ["mapping"]),
+        # model keyword arguments
+        (["model.kwargs={depth: 3}"], "model.kwargs.depth", ["lenet300", "depth"]),
+        (["model.kwargs=[1]"], "model.kwargs", ["mapping"]),
+        # pruning: types checked before dpp.DPPConfig checks the values
+        (["pruning.entropy_weight=no"], "pruning.entropy_weight", ["number"]),
+        (["pruning.logit_init_std=-1"], "pruning.logit_init_std", [">= 0"]),
+        (["pruning.exclude=fc1"], "pruning.exclude", ["list"]),
+        (["pruning.temperature=hot"], "pruning.temperature", ["number or a schedule"]),
+        (["pruning.noise_scale={kind: linear, epochs: -1}"], "pruning.noise_scale.epochs", ["> 0"]),
+        # baseline options, per method
+        (["method=srste", "baseline.decay=-1"], "baseline.decay", [">= 0"]),
+        (["method=gradual_kofn", "baseline.frequency=0.5"], "baseline.frequency", ["integer"]),
+        (["method=dpp", "baseline.decay=1"], "baseline.decay", ["takes no options"]),
+    ],
+)
+def test_every_field_is_type_and_range_checked(assignments, key, words):
+    """A wrong type or an out-of-range value anywhere: a ConfigError that starts with the key."""
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, assignments)
+    message = str(err.value)
+    assert message.startswith(f"{key}: "), message
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.parametrize(
+    ("assignment", "suggestion"),
+    [
+        ("sed=1", "seed"),
+        ("train.epochz=3", "epochs"),
+        ("train.learning_rate=3", None),
+        ("data.batchsize=3", "batch_size"),
+        ("log.progres=on", "progress"),
+        ("pruning.densty=0.1", "density"),
+        ("train.optimizer=adamm", "adam"),
+        ("model.name=resnet2", "resnet20"),
+        ("method=srtse", "srste"),
+    ],
+)
+def test_typos_suggest_the_closest_valid_word(assignment, suggestion):
+    """A mistyped key or choice names the closest valid one; a far-off word gets none."""
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, [assignment])
+    message = str(err.value)
+    assert message.startswith(assignment.split("=")[0])
+    if suggestion is None:
+        assert "did you mean" not in message
+    else:
+        assert f"did you mean {suggestion!r}?" in message, message
+
+
+def test_baseline_typo_suggests_the_option():
+    """An unknown baseline option is checked against the chosen method's own options."""
+    with pytest.raises(ConfigError, match=r"baseline\.decy: .*did you mean 'decay'"):
+        load_run_config(None, ["method=srste", "baseline.decy=1e-4"])
+    cfg = load_run_config(None, ["method=gradual_kofn", "baseline.frequency=10"])
+    assert cfg.baseline == {"frequency": 10}
+
+
+def test_pruning_types_list_every_dppconfig_field():
+    """The run config's pruning check knows exactly the fields of dpp.DPPConfig."""
+    assert list(runconfig._PruningTypes.model_fields) == field_names(dpp.DPPConfig)
+
+
+# ------------------------------------------------------------------ YAML 1.2 values
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("no", "no"),
+        ("yes", "yes"),
+        ("on", "on"),
+        ("off", "off"),
+        ("y", "y"),
+        ("true", True),
+        ("False", False),
+        ("1e-3", 1e-3),
+        ("-2E+4", -2e4),
+        ("010", 10),
+        ("0x10", "0x10"),
+        ("1_000", "1_000"),
+        ("2024-01-01", "2024-01-01"),
+        ("~", None),
+        ("", None),
+        ("[1, 2]", [1, 2]),
+        ("{a: no}", {"a": "no"}),
+    ],
+)
+def test_set_values_follow_yaml_1_2(text, value):
+    """--set values: only true/false are booleans; no/on/off/yes and dates stay strings."""
+    parsed = runconfig.parse_value(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_yaml_file_reads_no_as_a_string_and_rejects_it_for_a_bool(tmp_path: Path):
+    """In a YAML file `augment: no` is the string 'no', an error for a bool field."""
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  augment: no\n")
+    with pytest.raises(ConfigError, match=r"data\.augment: must be true or false, got 'no'"):
+        load_run_config(path)
+    path.write_text("data:\n  augment: false\nlog:\n  progress: off\ntrain:\n  lr: 1e-3\n")
+    cfg = load_run_config(path)
+    assert cfg.data.augment is False and cfg.log.progress == "off" and cfg.train.lr == 1e-3
+
+
+def test_saved_yaml_quotes_what_yaml_1_1_would_misread():
+    """config.yaml quotes strings that YAML 1.1 readers would take for booleans or numbers."""
+    cfg = RunConfig.from_dict({"name": "no", "output_dir": "1e3", "train": {"init_from": "on"}})
+    loaded = yaml.safe_load(cfg.to_yaml())  # a YAML 1.1 reader
+    assert loaded["name"] == "no" and loaded["output_dir"] == "1e3"
+    assert loaded["train"]["init_from"] == "on"
