@@ -94,6 +94,7 @@ __all__ = [
     "group_entropy",
     "inclusion_probabilities",
     "layer_metrics",
+    "mask_flips",
     "model_metrics",
     "plackett_luce_inclusion",
 ]
@@ -717,3 +718,45 @@ def model_metrics(
         "layers": len(rows),
     }
     return {"layers": layers, "model": model}
+
+
+def mask_flips(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[str, Any]:
+    """Fraction of kept entries that changed between two checks of the deterministic masks.
+
+    With exactly k kept per group, an entry that leaves the kept set is replaced by one that
+    joins it, so this is also the fraction of newly kept entries. 0 when the masks have
+    settled; it shows how long the learned masks keep moving.
+
+    Args:
+        before: ``{layer: bool mask}`` from an earlier :meth:`dpp.Pruner.masks` call.
+        after: ``{layer: bool mask}`` now (the same layers and shapes).
+
+    Returns:
+        ``{"layers": {name: fraction}, "total": fraction over every kept entry}``.
+
+    Example:
+        >>> import torch
+        >>> a = {"fc": torch.tensor([[True, True, False, False]])}
+        >>> b = {"fc": torch.tensor([[True, False, True, False]])}
+        >>> mask_flips(a, b)
+        {'layers': {'fc': 0.5}, 'total': 0.5}
+    """
+    if set(before) != set(after):
+        raise ValueError(
+            f"mask_flips needs the same layers in both checks; only in one of them: "
+            f"{sorted(set(before) ^ set(after))}"
+        )
+    layers: dict[str, float] = {}
+    changed = kept = 0
+    for name, old in before.items():
+        new = after[name]
+        if old.shape != new.shape:
+            raise ValueError(
+                f"mask_flips: layer {name!r} changed shape ({list(old.shape)} -> {list(new.shape)})"
+            )
+        n_kept = int(old.sum())
+        n_changed = int((old & ~new).sum())
+        layers[name] = n_changed / n_kept if n_kept else 0.0
+        changed += n_changed
+        kept += n_kept
+    return {"layers": layers, "total": changed / kept if kept else 0.0}

@@ -5,10 +5,10 @@ candidates a one-shot method would keep. :func:`dpp.prune` turns it into initial
 (``logit_init="magnitude" | "wanda" | "sparsegpt"``), so that the deterministic mask before
 training is exactly the prior's choice; the same functions serve as one-shot baselines.
 
-Every function works on the layer's weight in the canonical ``[out, in]`` view
-(:func:`canonical_weight`): ``nn.Linear`` as it is, a convolution flattened to
-``[C_out, C_in/groups * prod(kernel)]``, and transformers' ``Conv1D`` (stored ``[in, out]``)
-transposed. Calibration inputs ``X`` are the layer's inputs in the dense model, as
+Every function works on the layer's weight as a ``[out, in]`` matrix: ``nn.Linear`` as it
+is, a convolution flattened to ``[C_out, C_in/groups * prod(kernel)]``, and transformers'
+``Conv1D`` (stored ``[in, out]``) transposed, as DPP groups it
+(:func:`dpp.layers.canonical_weight`). Calibration inputs ``X`` are the layer's inputs in the dense model, as
 ``[tokens, in]`` rows (a convolution's input unfolded into patches).
 
 Example:
@@ -33,13 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import canonical_weight
+
 __all__ = [
     "CALIBRATED_PRIORS",
     "InputStats",
     "calibrate",
-    "canonical_weight",
-    "from_canonical",
-    "is_hf_conv1d",
     "prior_scores",
     "sparsegpt_prune",
     "wanda_scores",
@@ -49,28 +48,16 @@ __all__ = [
 CALIBRATED_PRIORS = ("wanda", "sparsegpt")
 
 
-def is_hf_conv1d(module: nn.Module) -> bool:
-    """Whether ``module`` is transformers' ``Conv1D`` (GPT-2's projections, weight ``[in, out]``),
-    detected without importing transformers."""
-    return any(
-        cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
-        for cls in type(module).__mro__
-    )
-
-
-def canonical_weight(module: nn.Module, weight: Tensor | None = None) -> Tensor:
-    """The weight as ``[out, in]``: Linear as is, conv flattened, HF ``Conv1D`` transposed."""
-    w = module.weight if weight is None else weight
-    if is_hf_conv1d(module):
-        return w.t()
+def _matrix(module: nn.Module) -> Tensor:
+    """The weight as ``[out, in]``: DPP's view of it (:func:`dpp.layers.canonical_weight`,
+    a ``Conv1D`` transposed) with a convolution's kernel flattened into its inputs."""
+    w = canonical_weight(module)
     return w.reshape(w.shape[0], -1)
 
 
-def from_canonical(module: nn.Module, matrix: Tensor) -> Tensor:
-    """Inverse of :func:`canonical_weight`: a ``[out, in]`` tensor back in the weight's shape."""
-    if is_hf_conv1d(module):
-        return matrix.t()
-    return matrix.reshape(module.weight.shape)
+def _view_shaped(module: nn.Module, matrix: Tensor) -> Tensor:
+    """Inverse of :func:`_matrix`: ``[out, in]`` back to DPP's view of the weight."""
+    return matrix.reshape(canonical_weight(module).shape)
 
 
 def _layer_rows(module: nn.Module, x: Tensor) -> Tensor:
@@ -336,10 +323,10 @@ def prior_scores(
         stats: its calibration statistics (``"wanda"``, ``"sparsegpt"``).
     """
     if kind == "magnitude":
-        return layout.candidate_scores(module.weight)
+        return layout.candidate_scores(canonical_weight(module))
     if stats is None or stats.sq_norm is None:
         raise ValueError(f"layer {name!r}: logit_init={kind!r} needs calibration inputs")
-    w = canonical_weight(module).detach()
+    w = _matrix(module).detach()
     if kind == "wanda":
         scores = wanda_scores(w, stats.sq_norm)
     elif kind == "sparsegpt":
@@ -356,4 +343,4 @@ def prior_scores(
         scores = mask.float()
     else:
         raise ValueError(f"unknown prior {kind!r}; valid: magnitude, wanda, sparsegpt")
-    return layout.candidate_scores(from_canonical(module, scores))
+    return layout.candidate_scores(_view_shaped(module, scores))

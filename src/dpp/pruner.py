@@ -15,6 +15,7 @@ from .bake import bake_in_place
 from .batchnorm import link_batchnorms
 from .config import DPPConfig, LayerSettings, matches_pattern
 from .granularity import GroupLayout
+from .hf_save import guard_save_pretrained, unguard_save_pretrained
 from .layers import (
     DPPLayer,
     FinalizedLayer,
@@ -251,6 +252,9 @@ class Pruner:
         for _, source in self._sources():
             source.tau = tau
             source.noise_scale = beta
+            # resample_every = M: the draw is held while step // M stays the same.
+            source.resample_every = self.config.resample_every
+            source.draw_index = self._step // self.config.resample_every
             lay = source.layout
             source.current_k = lay.k if ramp >= 1 else math.ceil(lay.n - ramp * (lay.n - lay.k))
 
@@ -543,7 +547,11 @@ class Pruner:
         title = (
             f"DPP pruner ({state}; tau={self.temperature:.4g}, noise_scale={self.noise_scale:.4g})"
         )
-        return "\n".join([title, *lines])
+        notes = []
+        for why in dict.fromkeys(self.dense_by_default.values()):
+            names = [n for n, w in self.dense_by_default.items() if w == why]
+            notes.append(f"dense by default ({why}): {', '.join(names)}")
+        return "\n".join([title, *lines, *notes])
 
     def __repr__(self) -> str:
         return self.summary()
@@ -584,6 +592,7 @@ class Pruner:
         """
         self._check_live("finalize")
         records = bake_in_place(self.model, self.layers)
+        unguard_save_pretrained(self.model)
         self._finalized = records
         self.layers = {}
         return records
@@ -624,14 +633,15 @@ def _dense_by_default(model: nn.Module, names: list[str], cfg: DPPConfig) -> dic
     """Prunable layers left dense unless an ``include`` pattern names them: the output head,
     which SparseGPT, Wanda and MaskLLM all keep dense (it maps onto the vocabulary, and is
     often tied to the input embeddings)."""
-    out = {}
+    out = {
+        name: "embeddings"
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+    }
     for head in _output_head_names(model):
         explicit = cfg.include is not None and any(matches_pattern(head, p) for p in cfg.include)
         if head in names and not explicit:
-            out[head] = (
-                "output head (get_output_embeddings()); dense by default, prune it with "
-                f"include=[{head!r}, ...]"
-            )
+            out[head] = "output head; name it in include=[...] to prune it"
     return out
 
 
@@ -856,6 +866,7 @@ def prune(
         layers[name] = new
     pruner = Pruner(model, cfg, layers)
     pruner.dense_by_default = kept_dense
+    guard_save_pretrained(model)
     has_filters = any(lay is not None and lay.granularity == "filter" for lay in layouts.values())
     if has_filters and example_inputs is not None:
         pruner.batchnorm_links = link_batchnorms(model, layers, example_inputs)
