@@ -270,6 +270,79 @@ def test_truncated_file_is_refused(packed_file, tmp_path):
         load_packed(bad, fresh)
 
 
+def _flip_bit(path, dst, key: str, byte: int, bit: int):
+    """A copy of a safetensors file with one bit of tensor ``key``'s data flipped."""
+    raw = bytearray(path.read_bytes())
+    header_len = int.from_bytes(raw[:8], "little")
+    start, _ = json.loads(raw[8 : 8 + header_len])[key]["data_offsets"]
+    raw[8 + header_len + start + byte] ^= 1 << bit
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def test_flipped_exponent_bit_in_values_is_refused(packed_file, tmp_path):
+    """A flipped exponent bit in a values tensor is caught by its digest; the error names the
+    file, the tensor and what to do."""
+    path, fresh = packed_file
+    bad = _flip_bit(path, tmp_path / "flip.safetensors", "6.weight.values", byte=3, bit=6)
+    with safe_open(str(bad), "pt") as f:  # still a readable file, with one wrong weight
+        assert not torch.equal(
+            f.get_tensor("6.weight.values"), read_packed(path).layers["6"].values
+        )
+    with pytest.raises(
+        PackedFileError,
+        match=r"flip\.safetensors: the tensor '6\.weight\.values' does not match the SHA-256.*"
+        r"re-export",
+    ):
+        load_packed(bad, fresh)
+
+
+def test_removed_tensor_is_refused(packed_file, tmp_path):
+    """A file that lost a tensor names the file, the key and what to do."""
+    path, _ = packed_file
+    with safe_open(str(path), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != "6.bias"}  # noqa: SIM118
+        metadata = dict(f.metadata())
+    bad = tmp_path / "lost.safetensors"
+    save_file(tensors, str(bad), metadata=metadata)
+    with pytest.raises(
+        PackedFileError, match=r"lost\.safetensors: lacks the tensor\(s\) \['6\.bias'\].*restore"
+    ):
+        read_packed(bad)
+
+
+def test_file_without_digests_loads_with_a_warning(packed_file, tmp_path):
+    """A file written before digests existed still loads, with a warning that it is unverified."""
+    path, fresh = packed_file
+
+    def drop(meta):
+        info = json.loads(meta["dpp"])
+        del info["digests"]
+        return {"dpp": json.dumps(info)}
+
+    old = _rewrite(path, tmp_path / "old.safetensors", meta=drop)
+    with pytest.warns(UserWarning, match=r"old\.safetensors: written without tensor digests"):
+        load_packed(old, fresh)
+
+
+def test_save_is_atomic(packed_file, tmp_path, monkeypatch):
+    """A write that fails midway leaves the previous file intact and no temporary file."""
+    path, _ = packed_file
+    good = path.read_bytes()
+    _model, _fresh, pruner = _pruned(small_cnn, "weight", None, seed=1)
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_packed(pruner, path)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
 def test_indices_out_of_range_are_refused(packed_file, tmp_path):
     """An index >= n is reported with the layer and the group."""
     path, fresh = packed_file
