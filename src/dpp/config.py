@@ -135,6 +135,11 @@ class DPPConfig:
         weight_bits: ``None`` (float), 2..8 or ``"binary"``: joint weight quantization.
         quant_scale: ``"channel"`` or ``"tensor"`` quantization scale.
         activation_bits: ``None`` or 8: fake-quantize every touched layer's input.
+        resample_every: ``M >= 1``: every learned mask is drawn once per ``M`` pruner steps
+            and held meanwhile (1, the default: a fresh draw at every forward call). While a
+            draw is held the logits still train at every step: their gradient is the
+            relaxed gradient of the held draw (its noise, its kept set) at the current
+            logits. Needs ``Pruner.step()`` once per optimizer step.
 
     Example:
         >>> import dpp
@@ -159,6 +164,7 @@ class DPPConfig:
     weight_bits: int | str | None = None
     quant_scale: str = "channel"
     activation_bits: int | None = None
+    resample_every: int = 1
 
     def __post_init__(self) -> None:
         self.temperature = Schedule.coerce(self.temperature, "temperature")
@@ -215,6 +221,11 @@ class DPPConfig:
             raise ValueError(f"logit_init_std must be >= 0, got {self.logit_init_std}")
         if self.entropy_weight < 0:
             raise ValueError(f"entropy_weight must be >= 0, got {self.entropy_weight}")
+        every = self.resample_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(
+                f"resample_every must be an int >= 1 (1: a fresh mask every step), got {every!r}"
+            )
         for pattern, values in self.overrides.items():
             unknown = set(values) - set(OVERRIDE_KEYS)
             if unknown:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .granularity import GroupLayout
-from .sampling import gumbel_topk
+from .sampling import draw_topk, gumbel_topk, gumbel_topk_held
 
 __all__ = ["DPPMask", "FixedMask", "MaskSource", "topk_mask"]
 
@@ -68,7 +68,13 @@ class DPPMask(MaskSource):
     """Learned k-of-n mask: logits ``[num_groups, n]``, Gumbel top-k with a relaxed gradient.
 
     ``tau``, ``noise_scale`` and ``current_k`` (the target ``layout.k``, or more while a
-    sparsity ramp is under way) are set by the :class:`~dpp.Pruner` at every ``step()``.
+    sparsity ramp is under way) are set by the :class:`~dpp.Pruner` at every ``step()``,
+    and so are ``resample_every`` and ``draw_index`` (``step // resample_every``). With
+    ``resample_every = 1`` every training forward call draws a fresh mask; with ``M > 1``
+    one draw (its noise and its kept indices) is held while ``draw_index`` and ``k`` stay
+    the same, and the logits get the relaxed gradient of the held draw at their current
+    values (:func:`~dpp.sampling.gumbel_topk_held`). The held draw is not saved in the
+    state dict: a restored model draws afresh.
 
     Args:
         layout: the layer's group layout.
@@ -100,6 +106,10 @@ class DPPMask(MaskSource):
         self.generator: torch.Generator | None = None
         # The k of this step: layout.k, or more while a sparsity ramp is under way.
         self.current_k = layout.k
+        self.resample_every = 1
+        self.draw_index = 0
+        # (draw_index, k, noise [num_groups, n], indices [num_groups, k]) of the held draw.
+        self._held: tuple[int, int, Tensor, Tensor] | None = None
         self._eval_cache: tuple[Tensor, int, Tensor] | None = None
 
     @property
@@ -107,12 +117,29 @@ class DPPMask(MaskSource):
         return self.current_k
 
     def sample(self, weight: Tensor) -> Tensor:
-        return gumbel_topk(
-            self.logits,
-            self.k,
-            tau=self.tau,
-            noise_scale=self.noise_scale,
-            generator=self.generator,
+        if self.resample_every == 1:
+            self._held = None
+            return gumbel_topk(
+                self.logits,
+                self.k,
+                tau=self.tau,
+                noise_scale=self.noise_scale,
+                generator=self.generator,
+            )
+        held = self._held
+        if (
+            held is None
+            or held[0] != self.draw_index
+            or held[1] != self.k
+            or held[2].shape != self.logits.shape
+            or held[2].device != self.logits.device
+        ):
+            noise, idx = draw_topk(
+                self.logits, self.k, noise_scale=self.noise_scale, generator=self.generator
+            )
+            held = self._held = (self.draw_index, self.k, noise, idx)
+        return gumbel_topk_held(
+            self.logits, held[2], held[3], tau=self.tau, noise_scale=self.noise_scale
         )
 
     def deterministic(self, weight: Tensor) -> Tensor:
@@ -133,6 +160,7 @@ class DPPMask(MaskSource):
         state = super().__getstate__()
         state = dict(state)
         state["_eval_cache"] = None
+        state["_held"] = None
         return state
 
     def extra_repr(self) -> str:

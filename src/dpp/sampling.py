@@ -5,21 +5,34 @@ perturbed scores ``z = logits + noise_scale * Gumbel(0, 1)``. Its gradient is th
 :func:`relaxed_topk` on the same ``z``: the sum of k successive softmaxes at temperature
 ``tau``, the i-th one over the candidates that the hard draws 1..i-1 have not taken.
 
-The relaxation is evaluated in closed form. Sort ``s = z / tau`` descending,
-``s_(1) >= s_(2) >= ...``; let ``D_i = sum_{r >= i} exp(s_(r))`` and
-``C_m = sum_{i <= m} 1 / D_i``. Then the candidate of rank r receives
-``exp(s_(r)) * C_min(r, k)``. Only the top k need their own ``D_i``; every other
-candidate shares ``C_k``. Everything is computed in log space, so it stays finite for
-small temperatures and large scores. The backward pass is written by hand: with ``g``
-the incoming gradient and ``soft`` the relaxed mask,
+The relaxation is evaluated in closed form. With ``s = z / tau`` and the top k sorted
+descending, ``t_1 >= ... >= t_k``, let ``D_i = sum_{rank r >= i} exp(s_(r))`` and
+``C_m = sum_{i <= m} 1 / D_i``. The candidate of rank r receives ``exp(s_(r)) C_min(r, k)``:
+only ranks 1..k-1 have their own coefficient, every other candidate shares ``C_k``. With
+``g`` the incoming gradient, the vector-Jacobian product is
 
     d soft / d s_l . g = soft_l * (g_l - beta_{min(rank l, k)}),
-    beta_m = (sum_{i <= m} Ahat_i / D_i) / C_m,
-    Ahat_i = (sum_{r >= i} g_(r) exp(s_(r))) / D_i,
+    beta_m = (sum_{i <= m} Ahat_i / D_i) / C_m,   Ahat_i = (sum_{r >= i} g_(r) e^{s_(r)}) / D_i.
 
-a handful of prefix and suffix sums over the k top candidates plus two passes over n.
-It costs one ``topk`` and a few elementwise passes, and saves only ``z`` and the top-k
-indices for the backward pass.
+Every quantity lives in a bounded frame, so that no data-dependent branch is needed:
+
+* the bulk (the ``[..., n]`` work) uses ``u_j = exp(s_j - t_k) <= 1`` outside the top k, in
+  float32 (float64 for float64 input): ``R = sum u`` and ``sum g u`` are plain sums;
+* the top-k part uses the ratios ``a_i = exp(t_{i+1} - t_i) <= 1``. Small groups
+  (``n <= 16``: N:M blocks, 2:4 above all) run it as an elementwise recursion over the k
+  columns in the bulk's dtype: no float64, no scans, stable at any spread. Larger groups
+  run it vectorised over ``[..., k]`` in float64, in the frame ``e^{t_k}``, after
+  shortening every gap ``t_i - t_{i+1}`` wider than 40 to 40 (``e^-40`` is below float64
+  round-off next to 1, so nothing changes) and capping the shortened spread at 600 (only
+  reached when more than 15 of the top-k gaps are each wider than 40, or the top k span
+  600 in units of ``tau`` without such gaps; the values then stay finite, but the ranks
+  beyond the cap share one weight).
+
+The forward takes one sorted ``topk`` of ``z`` and the backward reuses its values and
+indices: no sort, no second top-k, no recomputation of the noise. :class:`_GumbelTopK` is
+one autograd Function from the logits (and the noise) to the mask. Ties among equal scores
+are ordered as ``torch.topk`` orders them, in the forward, the backward and
+:func:`relaxed_topk_reference` alike.
 """
 
 from __future__ import annotations
@@ -27,7 +40,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["gumbel_noise", "gumbel_topk", "relaxed_topk", "relaxed_topk_reference"]
+__all__ = [
+    "SMALL_GROUP_MAX_N",
+    "gumbel_noise",
+    "gumbel_topk",
+    "relaxed_topk",
+    "relaxed_topk_reference",
+]
+
+# Groups of at most this many candidates take the elementwise small-group path.
+SMALL_GROUP_MAX_N = 16
+# Vectorised path: top-k gaps (in units of s = z / tau) wider than this are shortened to
+# it; exp(-40) = 4e-18 is below float64 round-off next to 1.
+_MAX_GAP = 40.0
+# Vectorised path: cap of the shortened spread t_1 - t_k, so that exp() of it, times k and
+# times the incoming gradient, stays finite in float64.
+_MAX_SPREAD = 600.0
 
 
 def _check_args(n: int, k: int, tau: float) -> None:
@@ -43,150 +71,151 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _log_split(x: Tensor) -> tuple[Tensor, Tensor]:
-    """log(max(x, 0)) and log(max(-x, 0)), -inf where the part is zero."""
-    return torch.clamp(x, min=0).log(), torch.clamp(-x, min=0).log()
+def _bulk(z: Tensor, top_z: Tensor, top_idx: Tensor, inv_tau: float) -> Tensor:
+    """``u = exp((z - z_(k)) / tau)`` over all candidates, zero at the top-k positions."""
+    u = torch.sub(z, top_z[..., -1:]).mul_(inv_tau).exp_()
+    return u.scatter_(-1, top_idx, 0.0)
 
 
-def _exp_diff(log_pos: Tensor, log_neg: Tensor, shift: Tensor) -> Tensor:
-    """exp(log_pos - shift) - exp(log_neg - shift), with -inf - -inf read as 0."""
-    return torch.exp(log_pos - shift).nan_to_num(0.0) - torch.exp(log_neg - shift).nan_to_num(0.0)
+def _top_small(
+    top_z: Tensor, inv_tau: float, rest: Tensor, g_top: Tensor | None, g_rest: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """Top-k coefficients by an elementwise recursion over the k columns (small groups).
 
+    With ``a_i = exp(t_{i+1} - t_i)``, ``X_i = D_i / e^{t_i}`` (in [1, n]) and
+    ``Y_m = e^{t_m} C_m`` (in (0, k]): ``X_k = 1 + R``, ``X_i = 1 + a_i X_{i+1}``,
+    ``Y_1 = 1 / X_1``, ``Y_m = a_{m-1} Y_{m-1} + 1 / X_m``; likewise ``Ahat_i`` and
+    ``B_m = e^{t_m} sum_{i <= m} Ahat_i / D_i``, ``beta_m = B_m / Y_m``.
 
-class _Relaxation:
-    """Closed-form pieces of the relaxation for scores ``z`` and their top-k indices."""
-
-    def __init__(self, z: Tensor, top_idx: Tensor, tau: float) -> None:
-        zc = z.to(_compute_dtype(z.dtype))
-        # Shift by the row maximum before dividing: the result is shift-invariant, and
-        # z / tau alone would lose digits at small tau.
-        self.s = (zc - zc.amax(-1, keepdim=True)) / tau
-        self.top_idx = top_idx
-        k, n = top_idx.shape[-1], z.shape[-1]
-        # Scores of the top k, descending (topk returns them sorted).
-        self.top_s = self.s.gather(-1, top_idx)
-        # Scores with the top k removed; their mass is R.
-        self.rest_s = self.s.scatter(-1, top_idx, float("-inf"))
-        if k < n:
-            log_r = torch.logsumexp(self.rest_s, dim=-1, keepdim=True)
-        else:
-            log_r = torch.full_like(self.top_s[..., :1], float("-inf"))
-        # log D_i, i = 1..k: log(sum of the top scores from rank i on + R).
-        tail = torch.logcumsumexp(self.top_s.flip(-1), dim=-1).flip(-1)
-        self.log_d = torch.logaddexp(tail, log_r)
-        # log C_m = log(sum_{i<=m} 1 / D_i).
-        self.log_c = torch.logcumsumexp(-self.log_d, dim=-1)
-
-    def soft_parts(self) -> tuple[Tensor, Tensor]:
-        """(relaxed value of every non-top candidate, zero at the top; relaxed top values)."""
-        soft_rest = torch.exp(self.rest_s + self.log_c[..., -1:])
-        soft_top = torch.exp(self.top_s + self.log_c)
-        return soft_rest, soft_top
-
-    def soft(self) -> Tensor:
-        soft_rest, soft_top = self.soft_parts()
-        return soft_rest.scatter(-1, self.top_idx, soft_top)
-
-    def grad_scores(self, grad: Tensor, tau: float) -> Tensor:
-        """Vector-Jacobian product of the relaxed mask with respect to ``z``."""
-        soft_rest, soft_top = self.soft_parts()
-        g = grad.to(self.s.dtype)
-        g_top = g.gather(-1, self.top_idx)
-        log_c_k = self.log_c[..., -1:]
-        # Contribution of the non-top candidates to A_i / D_i: they all sit in every tail.
-        # sum_rest g_j exp(s_j) / D_i = (sum_rest g_j soft_j) * exp(-log C_k - log D_i).
-        g_rest = (g * soft_rest).sum(-1, keepdim=True)
-        a_hat = g_rest * torch.exp(-log_c_k - self.log_d)
-        # Contribution of the top candidates of rank >= i: signed suffix log-sums.
-        lp, ln = _log_split(g_top)
-        suffix_pos = torch.logcumsumexp((self.top_s + lp).flip(-1), dim=-1).flip(-1)
-        suffix_neg = torch.logcumsumexp((self.top_s + ln).flip(-1), dim=-1).flip(-1)
-        a_hat = a_hat + _exp_diff(suffix_pos, suffix_neg, self.log_d)
-        # beta_m = sum_{i<=m} a_hat_i / D_i / C_m, again as signed prefix log-sums.
-        ap, an = _log_split(a_hat)
-        prefix_pos = torch.logcumsumexp(ap - self.log_d, dim=-1)
-        prefix_neg = torch.logcumsumexp(an - self.log_d, dim=-1)
-        beta = _exp_diff(prefix_pos, prefix_neg, self.log_c)
-        grad_s = soft_rest * (g - beta[..., -1:])
-        grad_top = soft_top * (g_top - beta)
-        grad_s = grad_s.scatter(-1, self.top_idx, grad_top)
-        return grad_s / tau
-
-
-# Largest spread s_(1) - s_(k) the fast path takes: beyond it exp() of the top scores
-# would underflow in float32, and the log-space path above is used instead.
-_FAST_MAX_SPREAD = 60.0
-
-
-def _grad_scores_fast(z: Tensor, top_idx: Tensor, tau: float, grad: Tensor) -> Tensor | None:
-    """The same vector-Jacobian product with plain sums, for the usual moderate scores.
-
-    Works with ``w = exp((z - max z) / tau)`` in float32 over all n candidates (three
-    passes) and float64 over the top k; returns ``None`` when the scores are too spread
-    for that to be accurate.
+    Returns (relaxed values of ranks 1..k, ``Y``, ``[..., k]``; ``beta`` ``[..., k]`` or
+    ``None`` when no gradient is given).
     """
-    if z.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return None
+    k = top_z.shape[-1]
+    cols = [top_z[..., i : i + 1] for i in range(k)]
+    a = [torch.sub(cols[i + 1], cols[i]).mul_(inv_tau).exp_() for i in range(k - 1)]
+    x: list[Tensor] = [rest] * k
+    x[k - 1] = rest + 1.0
+    ahat: list[Tensor] = [rest] * k
+    if g_top is not None:
+        assert g_rest is not None
+        ahat[k - 1] = (g_top[..., k - 1 :] + g_rest) / x[k - 1]
+    for i in range(k - 2, -1, -1):
+        ax = a[i] * x[i + 1]
+        x[i] = ax + 1.0
+        if g_top is not None:
+            ahat[i] = torch.addcmul(g_top[..., i : i + 1], ax, ahat[i + 1]) / x[i]
+    inv_x = [xi.reciprocal() for xi in x]
+    y = [inv_x[0]]
+    for m in range(1, k):
+        y.append(torch.addcmul(inv_x[m], a[m - 1], y[m - 1]))
+    soft_top = torch.cat(y, dim=-1) if k > 1 else y[0]
+    if g_top is None:
+        return soft_top, None
+    b = [ahat[0] * inv_x[0]]
+    for m in range(1, k):
+        b.append(torch.addcmul(ahat[m] * inv_x[m], a[m - 1], b[m - 1]))
+    beta = torch.cat(b, dim=-1) if k > 1 else b[0]
+    return soft_top, beta.div_(soft_top)
+
+
+def _top_vectorised(
+    top_z: Tensor, inv_tau: float, rest: Tensor, g_top: Tensor | None, g_rest: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """The same coefficients as :func:`_top_small`, vectorised over ``[..., k]`` in float64.
+
+    Frame ``e^{t_k}``: ``e_i = exp(t_i - t_k)`` (gaps shortened as the module docstring
+    says), ``Dt_i = sum_{r >= i} e_r + R``, ``Ct_m = sum_{i <= m} 1 / Dt_i``; the relaxed
+    value of rank m is ``e_m Ct_m``.
+    """
+    t = top_z.double() * inv_tau
+    gaps = (t[..., :-1] - t[..., 1:]).clamp_(max=_MAX_GAP)
+    spread = gaps.flip(-1).cumsum(-1).flip(-1).clamp_(max=_MAX_SPREAD)
+    e = torch.cat([spread, torch.zeros_like(t[..., :1])], dim=-1).exp_()
+    inv_d = (e.flip(-1).cumsum(-1).flip(-1) + rest.double()).reciprocal_()
+    c = inv_d.cumsum(-1)
+    soft_top = e * c
+    if g_top is None:
+        return soft_top.to(rest.dtype), None
+    assert g_rest is not None
+    a = (g_top.double() * e).flip(-1).cumsum(-1).flip(-1) + g_rest.double()
+    # (a / Dt) / Dt: a / Dt is bounded, Dt^-2 alone could underflow.
+    beta = (a * inv_d * inv_d).cumsum(-1) / c
+    return soft_top.to(rest.dtype), beta.to(rest.dtype)
+
+
+def _top_coefficients(
+    n: int, top_z: Tensor, inv_tau: float, rest: Tensor, g_top: Tensor | None, g_rest: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    if n <= SMALL_GROUP_MAX_N:
+        return _top_small(top_z, inv_tau, rest, g_top, g_rest)
+    return _top_vectorised(top_z, inv_tau, rest, g_top, g_rest)
+
+
+def _relaxed_values(z: Tensor, top_z: Tensor, top_idx: Tensor, tau: float) -> Tensor:
+    """The relaxed k-hot vector of scores ``z`` with sorted top-k ``(top_z, top_idx)``."""
     inv_tau = 1.0 / tau
-    zf = z.float()
-    top_z = zf.gather(-1, top_idx)
-    z_max = top_z[..., :1]
-    if bool(((z_max - top_z[..., -1:]) * inv_tau > _FAST_MAX_SPREAD).any()):
-        return None
-    w = torch.sub(zf, z_max).mul_(inv_tau).exp_()  # [.., n], in (0, 1]
-    g = grad.float()
-    gw = g * w
-    top_w = w.gather(-1, top_idx).double()  # [.., k], descending
-    g_top = g.gather(-1, top_idx).double()
-    gw_top = g_top * top_w
-    # Sums over the non-top candidates, exact: zero the top positions first (they are
-    # overwritten below anyway) instead of subtracting two nearly equal totals.
-    w.scatter_(-1, top_idx, 0.0)
-    gw.scatter_(-1, top_idx, 0.0)
-    rest = w.sum(-1, keepdim=True).double()
-    gw_rest = gw.sum(-1, keepdim=True).double()
-    # D_i = sum_{r >= i} w_(r): suffix sums of the top k plus the rest.
-    d = top_w.flip(-1).cumsum(-1).flip(-1) + rest
-    inv_d = d.reciprocal()
-    c = inv_d.cumsum(-1)  # C_m
-    a = gw_top.flip(-1).cumsum(-1).flip(-1) + gw_rest  # A_i = sum_{r >= i} g_(r) w_(r)
-    beta = (a * inv_d * inv_d).cumsum(-1) / c  # beta_m
-    # Non-top candidates: soft_j = w_j C_k, gradient soft_j (g_j - beta_k) / tau.
-    c_k, beta_k = c[..., -1:], beta[..., -1:]
-    out = torch.addcmul(gw, w, (-beta_k).float()).mul_((c_k * inv_tau).float())
-    top_grad = (top_w * c * (g_top - beta) * inv_tau).float()
+    u = _bulk(z, top_z, top_idx, inv_tau)
+    rest = u.sum(-1, keepdim=True)
+    soft_top, _ = _top_coefficients(z.shape[-1], top_z, inv_tau, rest, None, None)
+    return u.mul_(soft_top[..., -1:]).scatter_(-1, top_idx, soft_top)
+
+
+def _relaxed_grad(z: Tensor, top_z: Tensor, top_idx: Tensor, tau: float, grad: Tensor) -> Tensor:
+    """Vector-Jacobian product of the relaxed k-hot vector with respect to ``z``."""
+    inv_tau = 1.0 / tau
+    u = _bulk(z, top_z, top_idx, inv_tau)
+    g = grad.to(z.dtype)
+    gu = g * u
+    rest = u.sum(-1, keepdim=True)
+    g_rest = gu.sum(-1, keepdim=True)
+    g_top = g.gather(-1, top_idx)
+    soft_top, beta = _top_coefficients(z.shape[-1], top_z, inv_tau, rest, g_top, g_rest)
+    assert beta is not None
+    # Outside the top k: soft_j (g_j - beta_k) / tau, with soft_j = u_j Y_k.
+    out = torch.addcmul(gu, u, beta[..., -1:], value=-1.0).mul_(soft_top[..., -1:] * inv_tau)
+    top_grad = (g_top - beta).mul_(soft_top).mul_(inv_tau)
     return out.scatter_(-1, top_idx, top_grad)
 
 
-def _sort_by_score(z: Tensor, idx: Tensor) -> Tensor:
-    """``idx`` ordered by descending ``z`` (ties by position, as ``topk`` would)."""
-    order = z.gather(-1, idx).argsort(dim=-1, descending=True, stable=True)
-    return idx.gather(-1, order)
+class _GumbelTopK(torch.autograd.Function):
+    """Logits (plus ``noise_scale`` times the given noise) to the k-hot mask, in one Function.
 
-
-class _TopKStraightThrough(torch.autograd.Function):
-    """Forward: k-hot top-k of ``z`` (``hard=True``) or the relaxation itself.
-    Backward: the gradient of the relaxation, recomputed from ``z`` and the top-k indices."""
+    Forward: ``z = logits + noise_scale * noise``, one sorted ``topk`` of ``z`` (or the
+    given ``held`` indices: a mask held over several steps), and the k-hot mask
+    (``hard=True``) or the relaxation itself. Backward: the gradient of the relaxation of
+    ``z``, from the saved ``z`` and the forward's sorted top-k values and indices.
+    """
 
     @staticmethod
-    def forward(ctx, z: Tensor, k: int, tau: float, hard: bool) -> Tensor:  # type: ignore[override]
-        # Unsorted: the forward needs the set only; the backward sorts the k winners.
-        top_idx = z.topk(k, dim=-1, sorted=False).indices
-        ctx.save_for_backward(z, top_idx)
+    def forward(  # type: ignore[override]
+        ctx,
+        logits: Tensor,
+        noise: Tensor | None,
+        noise_scale: float,
+        k: int,
+        tau: float,
+        hard: bool,
+        held: Tensor | None,
+    ) -> Tensor:
+        z = logits.to(_compute_dtype(logits.dtype))
+        if noise is not None:
+            z = torch.add(z, noise.to(z.dtype), alpha=noise_scale)
+        if held is None:
+            top_z, top_idx = z.topk(k, dim=-1, sorted=True)
+        else:
+            top_idx = held
+            top_z = z.gather(-1, held)
+        ctx.save_for_backward(z, top_z, top_idx)
         ctx.tau = tau
         if hard:
-            return torch.zeros_like(z).scatter_(-1, top_idx, 1.0)
-        return _Relaxation(z, _sort_by_score(z, top_idx), tau).soft().to(z.dtype)
+            return torch.zeros_like(logits).scatter_(-1, top_idx, 1.0)
+        return _relaxed_values(z, top_z, top_idx, tau).to(logits.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        z, top_idx = ctx.saved_tensors
-        top_idx = _sort_by_score(z, top_idx)
-        grad_z = _grad_scores_fast(z, top_idx, ctx.tau, grad)
-        if grad_z is None:
-            grad_z = _Relaxation(z, top_idx, ctx.tau).grad_scores(grad, ctx.tau)
-        return grad_z.to(z.dtype), None, None, None
+        z, top_z, top_idx = ctx.saved_tensors
+        grad_z = _relaxed_grad(z, top_z, top_idx, ctx.tau, grad)
+        return grad_z.to(grad.dtype), None, None, None, None, None, None
 
 
 def relaxed_topk(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
@@ -212,7 +241,7 @@ def relaxed_topk(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
         2.0
     """
     _check_args(scores.shape[-1], k, tau)
-    return _TopKStraightThrough.apply(scores, k, float(tau), False)
+    return _GumbelTopK.apply(scores, None, 0.0, k, float(tau), False, None)
 
 
 def gumbel_noise(
@@ -268,7 +297,7 @@ def gumbel_topk(
     _check_args(logits.shape[-1], k, tau)
     if not noise_scale >= 0:
         raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
-    z = logits
+    noise = None
     if noise_scale > 0:
         noise = gumbel_noise(
             logits.shape,
@@ -276,8 +305,59 @@ def gumbel_topk(
             dtype=_compute_dtype(logits.dtype),
             generator=generator,
         )
-        z = torch.add(logits, noise.to(logits.dtype), alpha=noise_scale)
-    return _TopKStraightThrough.apply(z, k, float(tau), bool(hard))
+    return _GumbelTopK.apply(logits, noise, float(noise_scale), k, float(tau), bool(hard), None)
+
+
+def gumbel_topk_held(
+    logits: Tensor,
+    noise: Tensor,
+    held: Tensor,
+    *,
+    tau: float = 1.0,
+    noise_scale: float = 1.0,
+) -> Tensor:
+    """A k-hot mask drawn earlier and held: its value, and the relaxed gradient at ``logits``.
+
+    The value is the k-hot mask of the ``held`` indices. The gradient is that of the
+    relaxation of ``z = logits + noise_scale * noise`` (the noise of the held draw, the
+    current logits) with the held candidates taken in the held order, i.e. the gradient
+    :func:`gumbel_topk` gave the draw, evaluated at the logits of this step.
+
+    Args:
+        logits: ``[..., n]`` current logits.
+        noise: ``[..., n]`` Gumbel noise of the held draw (float32, or float64 logits' dtype).
+        held: ``[..., k]`` int64 indices of the held draw, ordered by descending score.
+        tau: temperature of the relaxation, ``> 0``.
+        noise_scale: multiplier of the noise, ``>= 0``.
+
+    Returns:
+        ``[..., n]`` k-hot tensor of ``logits.dtype``.
+    """
+    _check_args(logits.shape[-1], held.shape[-1], tau)
+    if not noise_scale >= 0:
+        raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+    if noise.shape != logits.shape or held.shape[:-1] != logits.shape[:-1]:
+        raise ValueError(
+            f"held draw does not fit the logits {list(logits.shape)}: noise "
+            f"{list(noise.shape)}, indices {list(held.shape)}"
+        )
+    k = held.shape[-1]
+    return _GumbelTopK.apply(logits, noise, float(noise_scale), k, float(tau), True, held)
+
+
+def draw_topk(
+    logits: Tensor, k: int, *, noise_scale: float = 1.0, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """One draw to hold: ``(noise [..., n], indices [..., k])`` of the Gumbel top-k of
+    ``logits + noise_scale * noise``, indices ordered by descending score (no gradient)."""
+    _check_args(logits.shape[-1], k, 1.0)
+    noise = gumbel_noise(
+        logits.shape, device=logits.device, dtype=_compute_dtype(logits.dtype), generator=generator
+    )
+    with torch.no_grad():
+        z = torch.add(logits.detach().to(noise.dtype), noise, alpha=float(noise_scale))
+        held = z.topk(k, dim=-1, sorted=True).indices
+    return noise, held
 
 
 def relaxed_topk_reference(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
@@ -288,7 +368,9 @@ def relaxed_topk_reference(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
     """
     _check_args(scores.shape[-1], k, tau)
     s = scores / tau
-    order = scores.detach().argsort(dim=-1, descending=True)
+    # The i-th draw takes the i-th largest score; equal scores in torch.topk's order, as
+    # the closed form takes them.
+    order = scores.detach().topk(k, dim=-1, sorted=True).indices
     taken = torch.zeros_like(scores, dtype=torch.bool)
     soft = torch.zeros_like(scores)
     for i in range(k):

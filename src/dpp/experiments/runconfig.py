@@ -274,6 +274,7 @@ class _PruningTypes(BaseModel):
     weight_bits: Any = None  # 2..8 or "binary": the core says what is valid
     quant_scale: str = "channel"
     activation_bits: int | None = None
+    resample_every: int = 1
 
     @model_validator(mode="after")
     def _schedules(self) -> _PruningTypes:
