@@ -777,7 +777,6 @@ def prune(
             "nn.Conv1d/2d/3d, transformers' Conv1D and their subclasses that keep the parent's "
             f"forward{detail}"
         )
-    _warn_unsupported(model, unsupported, cfg)
     names = [n for n, _ in candidates]
     unmatched = cfg.unmatched_patterns(names + list(unsupported))
     if unmatched:
@@ -806,6 +805,7 @@ def prune(
                 "remove it or stop excluding those layers"
             )
 
+    _warn_unsupported(model, unsupported, cfg)
     plans: list[tuple[str, nn.Module, LayerSettings]] = []
     for name, module in selected:
         settings = cfg.settings_for(name)
