@@ -292,10 +292,10 @@ class MagnitudeGlobal(TrainingMethod):
             cfg.dpp_config(steps_per_epoch),
             example_inputs=example_inputs(cfg, model),
         )
-        rows = [r for r in probe.rows() if r["k"] != "-"]
-        self.targets = [(model.get_submodule(r["layer"]), "weight") for r in rows]
-        total = sum(r["weights"] for r in rows)
-        kept = sum(r["kept"] for r in rows)
+        rows = [r for r in probe.rows() if r.k is not None]
+        self.targets = [(model.get_submodule(r.layer), "weight") for r in rows]
+        total = sum(r.weights for r in rows)
+        kept = sum(r.kept for r in rows)
         torch_prune.global_unstructured(
             self.targets, pruning_method=torch_prune.L1Unstructured, amount=total - kept
         )

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import dpp
+from dpp.bake import bake
+from dpp.storage import storage_report
 
 from .checkpoint import (
     atomic_write,
@@ -690,13 +692,12 @@ def _finish(
     if "val_acc" in last:
         summary["val_acc"] = last["val_acc"]
     if pruner is not None:
-        summary["layers"] = pruner.rows()
+        summary["layers"] = [row.to_dict() for row in pruner.rows()]
     final_model = model
     if pruner is not None:
-        twin = pruner.copy()
-        twin.finalize()
-        final_model = twin.model
-        summary["storage"] = _storage(twin)
+        baked = bake(pruner)  # a finalized copy; training state stays as it is
+        final_model = baked.model
+        summary["storage"] = storage_report(baked).to_dict()
     elif getattr(method, "finalize", None) is not None:
         final_model = method.finalize()  # type: ignore[attr-defined]
     if ctx.main and out_dir is not None:
@@ -719,12 +720,6 @@ def _finish(
                 + "\n"
             )
     return summary
-
-
-def _storage(pruner: dpp.Pruner) -> dict[str, Any]:
-    from dpp.storage import storage_report
-
-    return storage_report(pruner).to_dict()
 
 
 # ----------------------------------------------------------------------------- loading runs
@@ -783,7 +778,7 @@ def run_summary_table(summary: dict[str, Any]) -> str:
             [
                 r["layer"],
                 r["granularity"],
-                f"{r['k']}/{r['n']}" if r["k"] != "-" else "dense",
+                f"{r['k']}/{r['n']}" if r["k"] not in (None, "-") else "dense",
                 f"{r['density']:.3f}",
                 f"{r['kept']:,}/{r['weights']:,}",
             ]
