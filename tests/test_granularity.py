@@ -267,7 +267,7 @@ def _named_model():
 
 ERRORS = [
     # (prune options, exception, message pattern): the layer is named, the valid range is given.
-    ({"overrides": {"fc": {"k": 11}}}, ValueError, r"'fc'.*between 1 and n = 10"),
+    ({"overrides": {"fc": {"k": 11}}}, ValueError, r"'fc'.*1 <= k <= n = 10"),
     ({"overrides": {"fc": {"k": 0}}}, ValueError, r"override 'fc': k must be >= 1, got 0"),
     ({"overrides": {"fc": {"k": 2.5}}}, TypeError, r"'fc'.*k must be an int"),
     ({"overrides": {"fc": {"density": 0}}}, ValueError, r"'fc'.*density must be in \(0, 1\]"),
@@ -332,7 +332,7 @@ def test_invalid_global_k(k):
 
 def test_global_k_too_large_names_first_offending_layer():
     """A global k larger than some layer's n names that layer and its n."""
-    with pytest.raises(ValueError, match=r"'fc' \(weight, n=10\).*between 1 and n = 10"):
+    with pytest.raises(ValueError, match=r"'fc' \(weight, n=10\).*1 <= k <= n = 10"):
         dpp.prune(_named_model(), k=20, include=["fc"])
 
 

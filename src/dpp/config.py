@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .granularity import GRANULARITIES
+from .granularity import GRANULARITIES, check_k
 from .quantization import QUANT_SCALES, QuantSpec
 from .schedules import Schedule
 
@@ -41,12 +41,8 @@ def _check_layer_values(where: str, values: dict[str, Any]) -> None:
         raise ValueError(f"{where}: density must be in (0, 1], got {density!r}")
     for key in ("k", "block_size"):
         value = values.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{where}: {key} must be an int, got {type(value).__name__} {value!r}")
-        if value < 1:
-            raise ValueError(f"{where}: {key} must be >= 1, got {value}")
+        if value is not None:
+            check_k(value, where=where, name=key)
     scale = values.get("quant_scale", "channel")
     if scale not in QUANT_SCALES:
         raise ValueError(f"{where}: quant_scale must be one of {QUANT_SCALES}, got {scale!r}")

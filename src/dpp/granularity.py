@@ -20,9 +20,40 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["GRANULARITIES", "GroupLayout", "resolve_k"]
+__all__ = ["GRANULARITIES", "GroupLayout", "check_k", "resolve_k"]
 
 GRANULARITIES = ("weight", "block", "kernel", "filter")
+
+
+def check_k(k: object, n: int | None = None, *, where: str = "", name: str = "k") -> int:
+    """The one check of a ``k`` (or another count, ``name``): an int in ``[1, n]``.
+
+    Args:
+        k: the value to check.
+        n: the candidates per group, or ``None`` when not known yet (then only ``k >= 1``).
+        where: prefix of the error message (the layer or config entry).
+        name: what the value is called in the message.
+
+    Raises:
+        TypeError: not an int (``bool`` included).
+        ValueError: out of range.
+
+    Example:
+        >>> check_k(2, 4)
+        2
+        >>> check_k(5, 4, where="layer 'fc'")
+        Traceback (most recent call last):
+        ...
+        ValueError: layer 'fc': k must satisfy 1 <= k <= n = 4, got k = 5
+    """
+    prefix = f"{where}: " if where else ""
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{prefix}{name} must be an int, got {type(k).__name__} {k!r}")
+    if n is None and k < 1:
+        raise ValueError(f"{prefix}{name} must be >= 1, got {k}")
+    if n is not None and not 1 <= k <= n:
+        raise ValueError(f"{prefix}{name} must satisfy 1 <= {name} <= n = {n}, got {name} = {k}")
+    return k
 
 
 def resolve_k(n: int, *, k: int | None, density: float | None, where: str) -> int:
@@ -35,11 +66,7 @@ def resolve_k(n: int, *, k: int | None, density: float | None, where: str) -> in
         if isinstance(density, bool) or not 0 < float(density) <= 1:
             raise ValueError(f"{where}: density must be in (0, 1], got {density}")
         return max(1, round(float(density) * n))
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"{where}: k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= n:
-        raise ValueError(f"{where}: k must be between 1 and n = {n}, got k = {k}")
-    return k
+    return check_k(k, n, where=where)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .granularity import check_k
 from .layers import is_dpp_layer
 from .masks import DPPMask, FixedMask, MaskSource
 from .pruner import Pruner
@@ -109,14 +110,6 @@ _METHODS = ("auto", "exact", "monte_carlo")
 
 
 # ---------------------------------------------------------------------------- validation
-def _check_k(k: Any, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must satisfy 1 <= k <= n = {n}, got k={k}")
-    return k
-
-
 def _check_noise_scale(beta: Any) -> float:
     beta = float(beta)
     if not (beta >= 0 and math.isfinite(beta)):
@@ -258,7 +251,7 @@ def plackett_luce_inclusion(weights: Tensor, k: int) -> Tensor:
     """
     w = _as_groups(weights, "weights")
     n = w.shape[-1]
-    k = _check_k(k, n)
+    k = check_k(k, n)
     if n > ENUMERATION_MAX_N:
         raise ValueError(
             f"exact enumeration costs 2**n * n per group; n = {n} exceeds {ENUMERATION_MAX_N}. "
@@ -344,7 +337,7 @@ def _resolve(
         if not logits.is_floating_point():
             logits = logits.to(torch.float32)
         beta = 1.0 if noise_scale is None else noise_scale
-        return "logits", logits, _check_k(k, logits.shape[-1]), _check_noise_scale(beta)
+        return "logits", logits, check_k(k, logits.shape[-1]), _check_noise_scale(beta)
     if isinstance(source, nn.Module) and is_dpp_layer(source):
         mask_source = source.dpp
         if mask_source is None:
@@ -464,7 +457,7 @@ def _measures(pi: Tensor, k: int) -> tuple[Tensor, float, float]:
     """
     p = _as_groups(pi, "pi")
     g, n = p.shape
-    k = _check_k(k, n)
+    k = check_k(k, n)
     if k == n:
         return torch.ones(g, dtype=torch.float64, device=p.device), 0.0, 0.0
     q = p.to(torch.float64, copy=True).clamp_(min=0)

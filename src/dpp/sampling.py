@@ -40,6 +40,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .granularity import check_k
+
 __all__ = [
     "SMALL_GROUP_MAX_N",
     "gumbel_noise",
@@ -59,10 +61,7 @@ _MAX_SPREAD = 600.0
 
 
 def _check_args(n: int, k: int, tau: float) -> None:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must satisfy 1 <= k <= n = {n} (the last dimension), got k={k}")
+    check_k(k, n)
     if not tau > 0:
         raise ValueError(f"the temperature tau must be > 0, got {tau}")
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from dpp.bake import bake
+
 from .checkpoint import atomic_write
 from .errors import ExportError
 
@@ -73,9 +75,7 @@ def _finalized(model: torch.nn.Module, pruner: Any) -> torch.nn.Module:
     """A finalized copy (the loaded run stays as it is)."""
     if pruner is None:
         return model
-    twin = pruner.copy()
-    twin.finalize()
-    return twin.model.eval()
+    return bake(pruner, what="dpp export").model.eval()
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
