@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 from collections import OrderedDict
 
 import pytest
@@ -80,13 +78,3 @@ def test_sparse_mlp_learns_digits():
         assert bool((candidates_kept(weight, "weight").sum(1) <= rec.layout.k).all())
         assert bool((rec.mask.sum(1) == rec.layout.k).all())
         assert not bool((weight[~rec.mask] != 0).any())
-
-
-@pytest.mark.parametrize(
-    "module",
-    ["dpp", "dpp.sampling", "dpp.schedules", "dpp.config", "dpp.pruner", "dpp.granularity"],
-)
-def test_docstring_examples(module):
-    """The usage examples in the core's docstrings run and print what they show."""
-    result = doctest.testmod(importlib.import_module(module), verbose=False)
-    assert result.failed == 0

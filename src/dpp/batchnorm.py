@@ -8,6 +8,23 @@ filter-pruned layer's output, and multiplies that BatchNorm's output by the same
 (the same draw in training mode, the deterministic mask in eval mode). ``finalize()`` then
 zeroes the BatchNorm's weight and bias of the pruned channels, so the plain model computes
 the same and its pruned channels are exactly zero after normalisation.
+
+Example:
+    >>> import torch, dpp
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    >>> with torch.no_grad():
+    ...     _ = model[1].bias.fill_(0.5)              # a shift: a zero map would become 0.5
+    >>> x = torch.randn(2, 3, 5, 5)
+    >>> pruner = dpp.prune(model, granularity="filter", k=2, example_inputs=x)
+    >>> pruner.batchnorm_links
+    {'0': '1'}
+    >>> out = model.eval()(x)
+    >>> kept = pruner.masks()["0"].flatten(1).any(1)
+    >>> bool((out[:, ~kept] == 0).all()), bool((out[:, kept] != 0).any())
+    (True, True)
+    >>> records = pruner.finalize()                   # the BatchNorm's bias is zeroed there
+    >>> records["0"].batchnorms, model[1].bias[~kept].tolist()
+    (('1',), [0.0, 0.0])
 """
 
 from __future__ import annotations

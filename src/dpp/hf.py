@@ -45,6 +45,14 @@ class DPPCallback(TrainerCallback):
     Logged keys (added to the Trainer's ``logs`` and ``state.log_history``):
         ``dpp/sparsity``, ``dpp/temperature``, ``dpp/noise_scale``, ``dpp/step`` and
         ``dpp/mask_flips``.
+
+    Example:
+        >>> import torch, dpp
+        >>> from dpp.hf import DPPCallback
+        >>> callback = DPPCallback(dpp.prune(torch.nn.Sequential(torch.nn.Linear(8, 4)), k=2))
+        >>> callback.on_step_end(None, None, None)  # what the Trainer calls after a step
+        >>> callback.pruner.current_step, callback.metrics()["dpp/sparsity"]
+        (1, 0.75)
     """
 
     def __init__(self, pruner: Pruner, *, log_flips: bool = True) -> None:

@@ -14,6 +14,21 @@ is Hugging Face's own, untouched.
 The documented path stays ``pruner.finalize()`` then ``model.save_pretrained(path)``; this
 guard only makes the other order safe. To keep training later, save the logits with
 ``dpp.save_masks`` or a checkpoint of ``model.state_dict()``.
+
+Example:
+    >>> import warnings, torch, dpp
+    >>> class Tiny(torch.nn.Sequential):  # any model with a save_pretrained method
+    ...     def save_pretrained(self, path, state_dict=None):
+    ...         self.saved = state_dict
+    >>> model = Tiny(torch.nn.Linear(8, 4))
+    >>> pruner = dpp.prune(model, k=2)
+    >>> with warnings.catch_warnings(record=True):  # it warns that the logits are not saved
+    ...     model.save_pretrained("unused")
+    >>> int((model.saved["0.weight"] != 0).sum(1).max())  # the masked weights were written
+    2
+    >>> _ = pruner.finalize()
+    >>> type(model) is Tiny
+    True
 """
 
 from __future__ import annotations

@@ -6,6 +6,20 @@ k-hot mask. :class:`DPPMask` is Dynamic Probabilistic Pruning: trainable logits,
 Gumbel top-k draw per forward call in training mode, the deterministic top-k in eval
 mode. :class:`FixedMask` holds a mask that does not change (a frozen DPP mask, a random
 or a magnitude mask). Other scoring rules subclass :class:`MaskSource`.
+
+Example:
+    >>> import torch
+    >>> from dpp.granularity import GroupLayout
+    >>> from dpp.masks import DPPMask, FixedMask, topk_mask
+    >>> layout = GroupLayout.for_weight((2, 4), "weight", k=2, is_conv=False)
+    >>> topk_mask(torch.tensor([[0.1, 0.9, 0.5, 0.2], [3.0, 1.0, 2.0, 0.0]]), 2).tolist()
+    [[0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]]
+    >>> learned = DPPMask(layout)
+    >>> learned.sample(torch.zeros(2, 4)).sum(-1).tolist()  # one k-hot draw per group
+    [2.0, 2.0]
+    >>> fixed = FixedMask(layout, torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]]))
+    >>> fixed.deterministic(torch.zeros(2, 4)).tolist()
+    [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
 """
 
 from __future__ import annotations

@@ -322,7 +322,8 @@ def storage_report(
         >>> import torch, dpp
         >>> from dpp.storage import storage_report
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
-        >>> pruner = dpp.prune(model, granularity="filter", k=2, weight_bits=4)
+        >>> pruner = dpp.prune(model, granularity="filter", k=2, weight_bits=4,
+        ...                    example_inputs=torch.randn(1, 3, 5, 5))
         >>> _ = pruner.finalize()
         >>> report = storage_report(pruner)
         >>> report["0"].packed.total  # 2*27*4 values + 2*3 indices + 2 scales + 2 biases

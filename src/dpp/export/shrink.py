@@ -242,9 +242,10 @@ def shrink(
         >>> from dpp.export import shrink
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16),
         ...                             torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3))
+        >>> x = torch.randn(2, 3, 8, 8)
         >>> pruner = dpp.prune(model, granularity="filter", density=0.5,
-        ...                    overrides={"3": {"prune": False}})
-        >>> small = shrink(pruner, torch.randn(2, 3, 8, 8))
+        ...                    overrides={"3": {"prune": False}}, example_inputs=x)
+        >>> small = shrink(pruner, x)
         >>> small[0].out_channels, small[3].in_channels
         (8, 8)
     """
