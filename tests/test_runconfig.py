@@ -452,9 +452,12 @@ def test_baseline_typo_suggests_the_option():
     assert cfg.baseline == {"frequency": 10}
 
 
-def test_pruning_types_list_every_dppconfig_field():
-    """The run config's pruning check knows exactly the fields of dpp.DPPConfig."""
-    assert list(runconfig._PruningTypes.model_fields) == field_names(dpp.DPPConfig)
+@pytest.mark.parametrize("key", field_names(dpp.DPPConfig))
+def test_every_pruning_field_rejects_a_wrong_type(key):
+    """Every field of dpp.DPPConfig, given a nested list, gets a ConfigError under pruning."""
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, [f"pruning.{key}=[[1]]"])
+    assert str(err.value).startswith("pruning"), str(err.value)
 
 
 # ------------------------------------------------------------------ YAML 1.2 values

@@ -41,6 +41,8 @@ import inspect
 import json
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -253,35 +255,42 @@ class _ScheduleSection(BaseModel):
     delay_epochs: NonNegative | None = None
 
 
-class _PruningTypes(BaseModel):
-    """The types of the ``pruning`` section's keys (the fields of :class:`dpp.DPPConfig`);
-    :class:`dpp.DPPConfig` checks their values and how they combine."""
+def _pruning_types() -> type[BaseModel]:
+    """A strict pydantic model of the ``pruning`` section, made from the fields of
+    :class:`dpp.DPPConfig` (so it follows the core): their types (a schedule is a number or a
+    schedule mapping; a union of several types is left to the core), no unknown keys, and
+    the ranges of :data:`_PRUNING_RANGES`. :class:`dpp.DPPConfig` then checks the values and
+    how they combine."""
+    fields: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(dpp.DPPConfig).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        members = [a for a in get_args(hint) if a is not type(None)] if union else [hint]
+        if name in _PRUNING_RANGES:
+            hint = _PRUNING_RANGES[name]
+        elif dpp.Schedule in members or len(members) > 1:
+            hint = Any
+        fields[name] = (hint, None)
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    granularity: str = "weight"
-    density: float | None = None
-    k: int | None = None
-    block_size: int | None = None
-    include: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
-    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    temperature: Any = None
-    noise_scale: Any = None
-    sparsity_ramp: Any = None
-    logit_init_std: NonNegative = 0.5
-    logit_init: str = "normal"
-    entropy_weight: NonNegative = 0.0
-    weight_bits: Any = None  # 2..8 or "binary": the core says what is valid
-    quant_scale: str = "channel"
-    activation_bits: int | None = None
-    resample_every: int = 1
-
-    @model_validator(mode="after")
-    def _schedules(self) -> _PruningTypes:
+    def schedules(self: BaseModel) -> BaseModel:
         for key in ("temperature", "noise_scale", "sparsity_ramp"):
-            value = getattr(self, key)
-            _schedule_like(key, value, optional=value is None)
+            if key in self.model_fields_set:
+                _schedule_like(key, getattr(self, key), optional=key == "sparsity_ramp")
         return self
+
+    return pydantic.create_model(
+        "PruningTypes",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        __validators__={"schedules": model_validator(mode="after")(schedules)},
+        **fields,
+    )
+
+
+_PRUNING_RANGES: dict[str, Any] = {
+    "logit_init_std": NonNegative,
+    "entropy_weight": NonNegative,
+    "resample_every": pydantic.PositiveInt,
+}
+_PruningTypes = _pruning_types()
 
 
 # ----------------------------------------------------------------------------- run config
