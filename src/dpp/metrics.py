@@ -542,8 +542,7 @@ def divergence(pi: Tensor, k: int) -> float:
     clamping). 0 when ``k = n`` or there is a single group.
 
     Args:
-        pi: ``[groups, n]`` inclusion probabilities.
-        k: candidates kept per group.
+        pi, k: as in :func:`diversity`.
 
     Example:
         >>> import torch
@@ -560,11 +559,11 @@ def layer_metrics(
     source: Tensor | nn.Module,
     k: int | None = None,
     *,
+    per_group: bool = False,
     noise_scale: float | None = None,
     samples: int = 64,
     seed: int = 0,
     method: str = "auto",
-    per_group: bool = False,
 ) -> dict[str, Any]:
     """Confidence, diversity and entropy of one layer's mask, as plain JSON-able data.
 

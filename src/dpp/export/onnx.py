@@ -164,6 +164,7 @@ def to_onnx(
             reference = net(*inputs)
         outputs = reference if isinstance(reference, (tuple, list)) else (reference,)
         output_names = [f"output_{i}" for i in range(len(outputs))]
+        names = {"input_names": input_names, "output_names": output_names}
         if dynamo:
             if importlib.util.find_spec("onnxscript") is None:
                 raise ImportError(
@@ -183,11 +184,10 @@ def to_onnx(
                     net,
                     inputs,
                     dynamo=True,
-                    input_names=input_names,
-                    output_names=output_names,
                     opset_version=opset_version,
                     dynamic_shapes=dynamic_shapes,
                     optimize=True,
+                    **names,
                 )
             assert program is not None
             program.save(str(path), external_data=False)
@@ -202,10 +202,9 @@ def to_onnx(
                     inputs,
                     str(path),
                     dynamo=False,
-                    input_names=input_names,
-                    output_names=output_names,
                     opset_version=opset_version,
                     dynamic_axes=axes,
+                    **names,
                 )
     finally:
         net.train(was_training)

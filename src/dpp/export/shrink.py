@@ -111,9 +111,9 @@ class ShrinkReport:
         params_after: parameters of the shrunk model.
         flops_before: FLOPs of one forward call on ``example_inputs`` before.
         flops_after: the same after.
+        exact: whether only exact removals were made.
         max_abs_error: largest ``|shrunk - unshrunk|`` on ``example_inputs``.
         max_abs_output: largest ``|unshrunk|`` there (the error's scale).
-        exact: whether only exact removals were made.
     """
 
     groups: list[ShrinkGroup] = field(default_factory=list)
@@ -121,9 +121,9 @@ class ShrinkReport:
     params_after: int = 0
     flops_before: int = 0
     flops_after: int = 0
+    exact: bool = True
     max_abs_error: float = 0.0
     max_abs_output: float = 0.0
-    exact: bool = True
 
     @property
     def removed(self) -> int:
