@@ -51,3 +51,28 @@ def test_multihead_attention_is_reported_not_silently_skipped():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dpp.prune(plain, density=0.5)
+
+
+@pytest.mark.slow
+def test_hf_llama_example_round_trips_its_learned_masks(tmp_path, capsys):
+    """The Hugging Face example learns 2:4 masks with frozen weights, saves them as a mask file
+    of at most 1 bit per pruned weight, and the save_pretrained/from_pretrained model scores
+    exactly what the pruned model scored."""
+    pytest.importorskip("transformers")
+    example = _load("hf_llama_2of4")
+    results = example.main(dense_steps=4, mask_steps=3, out_dir=str(tmp_path))
+    assert results["reloaded from save_pretrained"] == results["DPP mask-only (Wanda prior)"]
+    model = results["model"]
+    for layer in model.model.layers:
+        for proj in (layer.self_attn.q_proj, layer.mlp.down_proj):
+            assert type(proj) is nn.Linear
+            assert bool(((proj.weight != 0).reshape(-1, 4).sum(-1) <= 2).all())
+    pruned_weights = sum(
+        p.numel() for n, p in model.named_parameters() if n.endswith("_proj.weight")
+    )
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "masks.safetensors"), framework="pt") as f:
+        payload = sum(f.get_tensor(key).numel() for key in f.keys())  # noqa: SIM118
+    assert payload * 8 <= pruned_weights
+    assert "dense by default" in capsys.readouterr().out
