@@ -20,21 +20,11 @@ from dpp.experiments.runconfig import ConfigError, RunConfig
 
 BASE = """
 name = "g"
-[data]
-dataset = "digits"
-batch_size = 64
-[model]
-name = "lenet300"
-[train]
-epochs = 2
-logit_lr = 0.01
-[pruning]
-density = 0.1
-noise_scale = 0.3
-overrides = { fc3 = { density = 0.5 } }
-[log]
-progress = "off"
-metrics_samples = 4
+data = { dataset = "digits", batch_size = 64 }
+model = { name = "lenet300" }
+train = { epochs = 2, logit_lr = 0.01 }
+pruning = { density = 0.1, noise_scale = 0.3, overrides = { fc3 = { density = 0.5 } } }
+log = { progress = "off", metrics_samples = 4 }
 """
 
 

@@ -33,6 +33,23 @@ def _downsample(arr: Any, max_rows: int, max_cols: int) -> tuple[Any, int, int]:
     return out, fr, fc
 
 
+def _finish_map(
+    p: Plotter,
+    fig: Any,
+    axes_image: tuple[Any, Any],
+    path: Path,
+    titles: tuple[str, str],
+    label: str,
+    shrink: float,
+) -> None:
+    """Title a single heat map, add its colour bar and the figure's title, save it."""
+    ax, im = axes_image
+    ax.set_title(titles[0], fontsize=10)
+    fig.colorbar(im, ax=ax, label=label, shrink=shrink)
+    fig.suptitle(titles[1])
+    p.save(fig, path)
+
+
 def fig_linear_mask(
     p: Plotter, run: ReportRun, layer: LayerMask, path: Path, input_shape: tuple[int, ...] | None
 ) -> bool:
@@ -67,14 +84,12 @@ def fig_linear_mask(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"output neuron (0 to {rows - 1})")
         note = f"; averaged over {fr}×{fc} cells" if fr * fc > 1 else ""
-        ax.set_title(
+        title = (
             f"{layer.name}: probability that each weight is kept "
-            f"({layer.k} of {layer.n} {unit})\n{beta_text(layer)}{note}",
-            fontsize=10,
+            f"({layer.k} of {layer.n} {unit})\n{beta_text(layer)}{note}"
         )
-        fig.colorbar(im, ax=ax, label="P(weight kept)", shrink=0.95)
-        fig.suptitle(f"{run.label}: mask of {layer.name} ({rows}×{cols})")
-        p.save(fig, path)
+        suptitle = f"{run.label}: mask of {layer.name} ({rows}×{cols})"
+        _finish_map(p, fig, (ax, im), path, (title, suptitle), "P(weight kept)", 0.95)
     return True
 
 
@@ -90,19 +105,16 @@ def fig_pixels(
         im = ax.imshow(counts, cmap="magma", interpolation="nearest", vmin=0)
         ax.grid(False)
         step = 7 if h >= 20 else (2 if h > 10 else 1)
-        ax.set_xticks(range(0, w, step))
-        ax.set_yticks(range(0, h, step))
-        ax.set_xlabel("pixel column")
-        ax.set_ylabel("pixel row")
+        ticks = {"xticks": range(0, w, step), "yticks": range(0, h, step)}
+        ax.set(xlabel="pixel column", ylabel="pixel row", **ticks)
         chan = f" (summed over {c} channels)" if c > 1 else ""
-        ax.set_title(
+        unused = int((counts == 0).sum())
+        titles = (
             f"How many of the {neurons} {layer.name} neurons keep each pixel{chan}\n"
-            f"deterministic masks; {int((counts == 0).sum())} of {h * w} pixels unused",
-            fontsize=10,
+            f"deterministic masks; {unused} of {h * w} pixels unused",
+            f"{run.label}: input pixels used by {layer.name}",
         )
-        fig.colorbar(im, ax=ax, label="neurons keeping the pixel", shrink=0.9)
-        fig.suptitle(f"{run.label}: input pixels used by {layer.name}")
-        p.save(fig, path)
+        _finish_map(p, fig, (ax, im), path, titles, "neurons keeping the pixel", 0.9)
     return True
 
 

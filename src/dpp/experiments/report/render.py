@@ -32,17 +32,23 @@ FORMATS = {"html": "report.html", "md": "report.md"}
 
 _CODE = re.compile(r"`([^`]*)`")
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em}
-h2{font-size:1.3em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:1em 0;font-size:.92em}
-th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-figure{margin:1.5em 0}img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:.9em;color:#444;max-width:900px}.note{color:#a40}code{font-size:.95em}
-"""
+#: The page's style sheet, one rule per selector.
+_CSS_RULES = {
+    "body": 'font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;'
+    "margin:2em auto;padding:0 1em;color:#222;line-height:1.45",
+    "h1": "font-size:1.6em",
+    "h2": "font-size:1.3em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em",
+    "table": "border-collapse:collapse;margin:1em 0;font-size:.92em",
+    "th,td": "border:1px solid #ccc;padding:.3em .6em;text-align:right",
+    "th": "background:#f3f3f3",
+    "td:first-child,th:first-child": "text-align:left",
+    "figure": "margin:1.5em 0",
+    "img": "max-width:100%;height:auto;border:1px solid #eee",
+    "figcaption": "font-size:.9em;color:#444;max-width:900px",
+    ".note": "color:#a40",
+    "code": "font-size:.95em",
+}
+_CSS = "".join(f"{selector}{{{rules}}}" for selector, rules in _CSS_RULES.items())
 
 
 def _html_text(text: str) -> str:
