@@ -404,3 +404,20 @@ def test_plain_model_without_pruner_is_refused(tmp_path):
     pruner.finalize()
     with pytest.raises(ValueError, match="Pruner"):
         save_packed(model, tmp_path / "x.safetensors")
+
+
+def test_size_report_is_storage_report_also_at_n_1(tmp_path):
+    """save_packed's theoretical size is dpp.storage's count, n = 1 groups (no index bits)
+    included."""
+    from dpp.storage import storage_report
+
+    model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 8))
+    pruner = dpp.prune(model, k=1, weight_bits=4)
+    info = save_packed(pruner, tmp_path / "n1.safetensors")
+    report = storage_report(pruner)
+    assert report["0"].packed.indices == 0  # n = 1: nothing to index
+    assert (info.theoretical_bits, info.dense_fp32_bits) == (
+        report.packed_bits,
+        report.dense_fp32_bits,
+    )
+    assert info.accounting == "dpp.storage"
