@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import io
 import pickle
+import re
 import struct
 import tarfile
 from pathlib import Path
@@ -962,3 +963,44 @@ def test_run_records_the_data_files_it_read(tmp_path):
     )
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["data_files"] == expected
+
+
+def test_the_suggested_download_command_fixes_the_error(tmp_path, offline, monkeypatch, capsys):
+    """The command the not-found error suggests (`dpp data download NAME --data-dir DIR`)
+    puts the files where load_dataset(data_dir=DIR) finds them."""
+    from dpp.experiments.cli import main
+
+    monkeypatch.setitem(DL.RESOURCES, "mnist", _mnist_resources(offline, tmp_path))
+    target = tmp_path / "mine"
+    with pytest.raises(DatasetNotFoundError) as exc:
+        load_dataset("mnist", data_dir=target)
+    command = re.search(r"`dpp (data download [^`]+)`", str(exc.value)).group(1)
+    assert main(command.split()) == 0
+    assert str(target / "mnist") in capsys.readouterr().out
+    assert len(load_dataset("mnist", data_dir=target).train) == 12
+
+
+def test_train_with_an_incomplete_data_dir_fails_before_writing(tmp_path, capsys):
+    """`dpp train` with a data.data_dir lacking the files exits with code 2, names the
+    directory and the missing files, and writes no run directory."""
+    from dpp.experiments.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = Path(__file__).resolve().parent.parent / "configs" / "lenet300_fmnist_w95.toml"
+    args = ["train", "--config", str(config), "-q"]
+    args += ["--set", f"data.data_dir={empty}", "--set", f"output_dir={tmp_path / 'runs'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(empty) in err and "t10k-labels-idx1-ubyte" in err
+    assert "dpp data download fashion-mnist --data-dir" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_demo_with_an_explicit_data_dir_does_not_fall_back_to_digits(tmp_path):
+    """dpp demo --data-dir DIR without Fashion-MNIST in DIR is an error naming DIR, not a
+    run on scikit-learn's digits."""
+    from dpp.experiments.demo import demo_config
+
+    with pytest.raises(DatasetNotFoundError, match=re.escape(str(tmp_path))):
+        demo_config(data_dir=str(tmp_path))
