@@ -161,7 +161,7 @@ def find_dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) 
             f"{name} --data-dir DIR`",
             "set the DPP_DATA environment variable to such a directory",
         ]
-    if name == "fashion-mnist":
+    if name == "fashion-mnist" and data_dir is None:
         fixes.append("on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist")
     raise DatasetNotFoundError(
         f"{head}. Looked for {_wanted(name)} in:\n"
