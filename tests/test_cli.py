@@ -104,6 +104,7 @@ def trained(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ train
+@pytest.mark.slow
 def test_train_prints_the_final_table(trained):
     """dpp train prints a final table: per-layer k/n, parameters, storage, accuracy, run dir."""
     run_dir, out, summary = trained
@@ -124,6 +125,7 @@ def test_train_prints_the_final_table(trained):
 
 
 # ------------------------------------------------------------------ eval
+@pytest.mark.slow
 def test_eval_reports_the_run_test_accuracy(trained):
     """dpp eval RUN_DIR prints the test accuracy that summary.json recorded."""
     run_dir, _, summary = trained
@@ -141,6 +143,7 @@ def test_eval_reports_the_run_test_accuracy(trained):
 
 
 # ------------------------------------------------------------------ summary
+@pytest.mark.slow
 def test_summary_prints_layers_and_storage(trained):
     """dpp summary RUN_DIR prints the per-layer table (names, k, n) and the storage table."""
     run_dir, _, summary = trained
@@ -200,6 +203,7 @@ def test_missing_config_file_exits_2(tmp_path: Path):
     assert code == 2 and str(missing) in err
 
 
+@pytest.mark.slow
 def test_resume_refuses_config_changes(trained):
     """--resume continues the saved config: --config/--set with it is refused."""
     run_dir, _, _ = trained
@@ -213,6 +217,7 @@ def test_eval_of_a_missing_run_exits_2(tmp_path: Path):
     assert code == 2 and "checkpoint.pt" in err
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_exits_2(trained, tmp_path: Path):
     """dpp eval of a truncated checkpoint exits with code 2 and names the file."""
     run_dir, _, _ = trained
@@ -223,6 +228,7 @@ def test_truncated_checkpoint_exits_2(trained, tmp_path: Path):
     assert code == 2 and str(broken) in err
 
 
+@pytest.mark.slow
 def test_dense_run_eval_and_summary(tmp_path: Path):
     """A dense run: eval reports its summary accuracy, summary says it is not pruned."""
     config = tmp_path / "digits.toml"
@@ -240,6 +246,80 @@ def test_dense_run_eval_and_summary(tmp_path: Path):
     assert code == 0 and "no pruning" in out
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["flip", "drop_key"])
+def test_damaged_checkpoint_is_one_line_for_every_command(trained, tmp_path: Path, damage):
+    """A bit flip or a missing key: train --resume, eval, summary and export all exit 2 with
+    one line naming the file and the fix, and --resume writes nothing."""
+    run_dir, _, _ = trained
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("checkpoint.pt", "config.yaml", "metrics.jsonl"):
+        (copy / name).write_bytes((run_dir / name).read_bytes())
+    ckpt = copy / "checkpoint.pt"
+    if damage == "flip":
+        data = bytearray(ckpt.read_bytes())
+        weight = torch.load(ckpt, weights_only=True)["model"]["fc1.weight"]
+        at = data.find(weight.numpy().tobytes()[:64])
+        assert at >= 0
+        data[at + 7] ^= 0x40  # an exponent bit of fc1.weight[0, 1]
+        ckpt.write_bytes(bytes(data))
+    else:
+        state = torch.load(ckpt, weights_only=True)
+        del state["optimizer"]
+        torch.save(state, ckpt)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    for argv in (["train", "--resume"], ["eval"], ["summary"], ["export"]):
+        code, _, err = run_cli(*argv, str(copy))
+        assert code == 2, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and str(ckpt) in err, err
+        assert ("fc1.weight" if damage == "flip" else "lacks optimizer") in err, err
+        assert "Delete it" in err
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "word"),
+    [
+        (["train", "--resume", "{tmp}/missing"], "{tmp}/missing"),
+        (["eval", "{tmp}/missing"], "{tmp}/missing"),
+        (["summary", "{tmp}"], "{tmp} has no checkpoint.pt"),
+        (["export", "{tmp}/missing"], "{tmp}/missing"),
+        (["eval", "{tmp}", "--device", "tpu"], "--device = 'tpu'"),
+    ],
+)
+def test_bad_run_directory_is_one_line(tmp_path: Path, argv, word):
+    """A run directory that does not exist or holds no checkpoint, a bad device: exit 2, one
+    line that names it."""
+    code, out, err = run_cli(*[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and word.format(tmp=tmp_path) in err, err
+
+
+def test_cuda_without_a_gpu_is_a_config_error_before_the_run_dir(tmp_path: Path, monkeypatch):
+    """train.device = cuda on a machine without CUDA: exit 2 naming the key, no run dir."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out_dir = tmp_path / "runs"
+    code, _, err = run_cli(
+        "train", "--set", "train.device=cuda", "--set", f"output_dir={out_dir}", "-q"
+    )
+    assert code == 2 and "train.device = 'cuda'" in err and "no CUDA device" in err
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("error", [RuntimeError, ValueError, KeyError])
+def test_a_bug_keeps_its_traceback(monkeypatch, error):
+    """An exception that is not a user's mistake propagates out of main (a traceback)."""
+    from dpp.experiments import trainer
+
+    def broken(*args, **kwargs):
+        raise error("a bug")
+
+    monkeypatch.setattr(trainer, "train", broken)
+    with pytest.raises(error, match="a bug"):
+        cli.main(["train", "--set", "train.epochs=1"])
+
+
 # ------------------------------------------------------------------ demo
 def test_demo_falls_back_to_digits(monkeypatch):
     """Without Fashion-MNIST files the demo trains on digits and says so."""
@@ -255,6 +335,7 @@ def test_demo_falls_back_to_digits(monkeypatch):
     assert cfg.pruning == demo.demo_config("fashion-mnist")[0].pruning  # same sparsity
 
 
+@pytest.mark.slow
 def test_demo_on_digits(tmp_path: Path):
     """dpp demo --dataset digits --epochs 1 prints parameters, per-layer k/n, accuracy, run dir."""
     torch.manual_seed(0)
@@ -278,6 +359,7 @@ def test_demo_on_digits(tmp_path: Path):
 
 
 # ------------------------------------------------------------------ entry points
+@pytest.mark.slow
 def test_console_entry_points():
     """`python -m dpp --help` lists the subcommands; the `dpp` script points at cli.main."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}

@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 from dpp.experiments.data import load_dataset
+from dpp.experiments.errors import ResumeError
+from dpp.experiments.trainer import train
+
+pytestmark = pytest.mark.slow  # two processes under torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -110,3 +114,14 @@ def test_each_rank_trains_on_its_shard(ddp_run):
     n_train = len(load_dataset("digits").train)
     assert first["step"] == math.ceil(math.ceil(n_train / WORLD) / BATCH)
     assert 0.0 <= first["test_acc"] <= 1.0
+
+
+def test_resume_with_one_process_says_the_world_size_differs(ddp_run):
+    """The 2-process run resumed without torchrun: an error about the world size (not about
+    the pruner config), before anything is written."""
+    out_dir, _ = ddp_run
+    (run_dir,) = out_dir.iterdir()
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    with pytest.raises(ResumeError, match=r"trained with 2 process\(es\) and is resumed with 1"):
+        train(resume=run_dir, quiet=True)
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before

@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 import dpp
 from dpp.experiments.checkpoint import load_checkpoint
 from dpp.experiments.data import load_dataset
+from dpp.experiments.errors import ResumeError
 from dpp.experiments.models import create_model, num_parameters
 from dpp.experiments.runconfig import RunConfig, apply_overrides, load_run_config
-from dpp.experiments.trainer import evaluate, train
+from dpp.experiments.trainer import DistContext, _check_world_size, evaluate, train
 
 BATCH = 64
 TIMING_KEYS = {"seconds", "train_seconds", "metrics_seconds"}
@@ -106,6 +107,7 @@ def one_epoch(tmp_path_factory):
     return cfg, result
 
 
+@pytest.mark.slow
 def test_run_directory_holds_every_file(one_epoch):
     """A finished run writes config, metrics, checkpoint, weights and summary, no temp files."""
     cfg, result = one_epoch
@@ -122,6 +124,7 @@ def test_run_directory_holds_every_file(one_epoch):
     assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_saved_config_loads_back_equal(one_epoch):
     """config.yaml holds the resolved config: loading it gives an equal RunConfig."""
     cfg, result = one_epoch
@@ -129,6 +132,7 @@ def test_saved_config_loads_back_equal(one_epoch):
     assert RunConfig.from_dict(load_checkpoint(result.run_dir / "checkpoint.pt")["config"]) == cfg
 
 
+@pytest.mark.slow
 def test_epoch_record_has_the_documented_keys(one_epoch):
     """metrics.jsonl: an epoch record with the documented, consistent values, then final."""
     _, result = one_epoch
@@ -160,6 +164,7 @@ def test_epoch_record_has_the_documented_keys(one_epoch):
     assert final["test_acc"] == summary["test_acc"] == rec["test_acc"]
 
 
+@pytest.mark.slow
 def test_epoch_schedule_counts_batches_per_epoch(one_epoch):
     """temperature = {..., epochs=2} runs over 2 * (batches per epoch) pruner steps."""
     _, result = one_epoch
@@ -171,6 +176,7 @@ def test_epoch_schedule_counts_batches_per_epoch(one_epoch):
     assert pruner_state["step"] == batches == ckpt["step"]
 
 
+@pytest.mark.slow
 def test_finalized_weights_load_into_the_dense_model(one_epoch):
     """model.safetensors loads strictly into a fresh dense model that scores the run's test_acc."""
     _, result = one_epoch
@@ -189,6 +195,7 @@ def test_finalized_weights_load_into_the_dense_model(one_epoch):
     assert correct / len(splits.test) == summary["test_acc"]
 
 
+@pytest.mark.slow
 def test_summary_counts_parameters(one_epoch):
     """summary.json: dense parameters of the architecture, kept = dense - pruned weights."""
     _, result = one_epoch
@@ -219,6 +226,7 @@ SGD_STEP = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "extra"),
     [("dpp", ()), ("dense", ()), ("dpp", SGD_STEP)],
@@ -284,8 +292,10 @@ def test_resume_is_bit_exact(tmp_path: Path, method: str, extra: tuple[str, ...]
     )
 
 
+@pytest.mark.slow
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
-    """A checkpoint write failing half-way leaves the previous checkpoint and no temp file."""
+    """A checkpoint write failing half-way leaves the previous checkpoint and no temp file;
+    a killed write's temp file is removed on resume."""
     run_dir = tmp_path / "run"
     train(
         digits_config(tmp_path, "train.epochs=2"), run_dir=run_dir, quiet=True, stop_after_epochs=1
@@ -314,12 +324,17 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
     assert load_checkpoint(ckpt)["epoch"] == 1
     assert {p.name for p in run_dir.iterdir()} == files_before  # no temp file left
 
+    # a write killed mid-way (no cleanup ran) leaves its temp file: resume removes it
+    stale = run_dir / f".{ckpt.name}.killed.tmp"
+    stale.write_bytes(before[: len(before) // 3])
     # the run continues from the intact checkpoint and logs every epoch once
     result = train(resume=run_dir, quiet=True)
+    assert not stale.exists()
     assert [r["epoch"] for r in read_records(run_dir) if r["event"] == "epoch"] == [1, 2]
     assert result.summary["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_no_checkpoint_when_disabled(tmp_path: Path):
     """log.checkpoint = false writes no checkpoint.pt, and resume says why it cannot."""
     run_dir = tmp_path / "run"
@@ -333,6 +348,7 @@ def test_no_checkpoint_when_disabled(tmp_path: Path):
 
 
 # ------------------------------------------------------------------ init_from, validation
+@pytest.mark.slow
 def test_init_from_dense_run_starts_from_its_weights(tmp_path: Path):
     """train.init_from (a dense run directory or its checkpoint) loads the dense weights."""
     dense_dir = tmp_path / "dense"
@@ -350,6 +366,7 @@ def test_init_from_dense_run_starts_from_its_weights(tmp_path: Path):
             assert torch.equal(state[key], value), (source, key)
 
 
+@pytest.mark.slow
 def test_validation_split_adds_val_metrics(tmp_path: Path):
     """data.val_size holds out images: records and summary gain val_loss/val_acc."""
     val_size = 200
@@ -361,3 +378,15 @@ def test_validation_split_adds_val_metrics(tmp_path: Path):
     # the held-out images are no longer trained on
     assert rec["step"] == math.ceil((len(digits_splits().train) - val_size) / BATCH)
     assert read_records(result.run_dir)[0]["val_acc"] == rec["val_acc"]
+
+
+@pytest.mark.parametrize(("saved", "now"), [(1, 2), (2, 1), (4, 2)])
+def test_resume_with_another_world_size_says_so(saved: int, now: int):
+    """Resuming with another number of processes names both counts and why they matter."""
+    with pytest.raises(ResumeError) as err:
+        _check_world_size("RUN", {"world_size": saved}, DistContext(world_size=now))
+    message = str(err.value)
+    assert f"trained with {saved} process(es)" in message and f"resumed with {now}" in message
+    assert "steps per epoch" in message and "schedule" in message
+    assert f"--nproc_per_node={saved}" in message
+    _check_world_size("RUN", {"world_size": now}, DistContext(world_size=now))  # same: fine
