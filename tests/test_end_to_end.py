@@ -28,6 +28,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
+@pytest.mark.slow
 def test_sparse_mlp_learns_digits():
     """An MLP keeping 10% of each neuron's inputs trains well above chance and finalizes exactly."""
     torch.manual_seed(0)
