@@ -194,3 +194,20 @@ def test_shrink_of_a_filter_pruned_conv1d_says_it_cannot():
     )
     with pytest.raises(ValueError, match=r"layer 'transformer.h.0.mlp.c_fc' is a Conv1D"):
         export.shrink(pruner, torch.randint(0, 64, (1, 8)))
+
+
+def test_gpt2_2of4_conv1d_layers_are_found_for_semi_structured():
+    """The 2:4 check (run on CPU before any GPU conversion) finds GPT-2's Conv1D layers."""
+    pruner = dpp.prune(gpt2(), granularity="block", block_size=4, k=2)
+    names = export.semi_structured.semi_structured_layers(pruner)
+    assert set(names) == set(pruner.layers) and "transformer.h.1.mlp.c_proj" in names
+
+
+def test_core_does_not_import_transformers():
+    """Importing dpp and its exporters does not import transformers (Conv1D is found by name)."""
+    import subprocess
+    import sys
+
+    code = "import sys, dpp, dpp.export, dpp.bake; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
