@@ -191,8 +191,9 @@ def _nothing_selected(
         rules.append(f"include={cfg.include}")
     if cfg.exclude:
         rules.append(f"exclude={cfg.exclude}")
-    if dense:
-        rules.append(f"dense by default: {', '.join(dense)}")
+    defaults = [n for n in dense if n in names]  # prunable layers left dense by default
+    if defaults:
+        rules.append(f"dense by default: {', '.join(defaults)}")
     listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
     msg = (
         f"every prunable layer of the {type(model).__name__} is excluded "
