@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import subprocess
 import sys
 from importlib import import_module
@@ -14,38 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from digits_runs import ROOT, run_cli, subprocess_env, train_argv, write_config
 from dpp.experiments import cli
 from dpp.experiments.data import DATASETS, load_dataset
 from dpp.experiments.runconfig import OPTIMIZERS, load_config_file
 
-ROOT = Path(__file__).resolve().parents[1]
-
-DIGITS_TOML = """
-name = "cli-digits"
-seed = 0
-
-[data]
-dataset = "digits"
-batch_size = 64
-
-[model]
-name = "lenet300"
-
-[train]
-epochs = 3
-lr = 3e-3
-device = "cpu"
-
-[pruning]
-granularity = "weight"
-density = 0.1
-overrides = { fc3 = { density = 0.5 } }
-temperature = { kind = "linear", start = 2.0, end = 0.5, epochs = 1 }
-
-[log]
-progress = "off"
-metrics_samples = 8
-"""
+# The config file: 3 epochs (the tests --set 1), the temperature annealed over one epoch.
+FILE_SETTINGS = ("name=cli-digits", "train.epochs=3", "pruning.temperature.epochs=1")
 
 
 @pytest.fixture(autouse=True)
@@ -53,14 +25,6 @@ def _restore_flush_denormal():
     """train() turns on flush-denormal for CPU runs; give the default back to later tests."""
     yield
     torch.set_flush_denormal(False)
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    """``dpp ARGV`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 def line_starting(text: str, prefix: str) -> str:
@@ -82,20 +46,9 @@ def trained(tmp_path_factory):
     """``dpp train --config digits.toml --set train.epochs=1 ...``: (run dir, stdout, summary)."""
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("cli")
-    config = tmp / "digits.toml"
-    config.write_text(DIGITS_TOML)
+    config = write_config(tmp / "digits.yaml", *FILE_SETTINGS)
     out_dir = tmp / "runs"
-    code, out, err = run_cli(
-        "train",
-        "--config",
-        str(config),
-        "--set",
-        "train.epochs=1",
-        "--set",
-        f"output_dir={out_dir}",
-        "--set",
-        "train.lr=1e-3",
-    )
+    code, out, err = run_cli(*train_argv(config, out_dir, "train.epochs=1", "train.lr=1e-3"))
     torch.set_flush_denormal(False)
     assert code == 0, err
     (run_dir,) = out_dir.iterdir()
@@ -182,12 +135,9 @@ def test_data_list_names_every_dataset():
 )
 def test_config_errors_exit_2_with_valid_values_on_stderr(tmp_path: Path, assignment, valid):
     """A bad config exits with code 2, a message on stderr listing what is valid, no run dir."""
-    config = tmp_path / "digits.toml"
-    config.write_text(DIGITS_TOML)
+    config = write_config(tmp_path / "digits.yaml", *FILE_SETTINGS)
     out_dir = tmp_path / "runs"
-    code, out, err = run_cli(
-        "train", "--config", str(config), "--set", assignment, "--set", f"output_dir={out_dir}"
-    )
+    code, out, err = run_cli(*train_argv(config, out_dir, assignment))
     assert code == 2
     assert "config error" in err
     for value in valid:
@@ -231,8 +181,7 @@ def test_truncated_checkpoint_exits_2(trained, tmp_path: Path):
 @pytest.mark.slow
 def test_dense_run_eval_and_summary(tmp_path: Path):
     """A dense run: eval reports its summary accuracy, summary says it is not pruned."""
-    config = tmp_path / "digits.toml"
-    config.write_text(DIGITS_TOML)
+    config = write_config(tmp_path / "digits.yaml", *FILE_SETTINGS)
     run_dir = tmp_path / "dense"
     sets = ["--set", "method=dense", "--set", "train.epochs=1"]
     code, out, err = run_cli("train", "-c", str(config), *sets, "--run-dir", str(run_dir), "-q")
@@ -362,7 +311,7 @@ def test_demo_on_digits(tmp_path: Path):
 @pytest.mark.slow
 def test_console_entry_points():
     """`python -m dpp --help` lists the subcommands; the `dpp` script points at cli.main."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     proc = subprocess.run(
         [sys.executable, "-m", "dpp", "--help"],
         capture_output=True,

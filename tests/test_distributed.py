@@ -4,81 +4,38 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from digits_runs import subprocess_env, train_argv, write_config
 from dpp.experiments.data import load_dataset
 from dpp.experiments.errors import ResumeError
 from dpp.experiments.trainer import train
 
 pytestmark = pytest.mark.slow  # two processes under torchrun
 
-ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 BATCH = 64
-
-DIGITS_TOML = f"""
-name = "ddp-digits"
-seed = 0
-
-[data]
-dataset = "digits"
-batch_size = {BATCH}
-
-[model]
-name = "lenet300"
-
-[train]
-epochs = 3
-lr = 1e-3
-device = "cpu"
-
-[pruning]
-granularity = "weight"
-density = 0.1
-overrides = {{ fc3 = {{ density = 0.5 }} }}
-temperature = {{ kind = "linear", start = 2.0, end = 0.5, epochs = 1 }}
-
-[log]
-progress = "off"
-metrics_samples = 4
-"""
+FILE_SETTINGS = (
+    "name=ddp-digits",
+    "train.lr=1e-3",
+    "log.metrics_samples=4",
+    "pruning.temperature.epochs=1",
+)
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     """``torchrun --nproc_per_node=2 -m dpp train`` for one epoch: (output dir, process)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    config = tmp / "digits.toml"
-    config.write_text(DIGITS_TOML)
+    config = write_config(tmp / "digits.yaml", *FILE_SETTINGS)
     out_dir = tmp / "runs"
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
-        "PYTHONPATH": str(ROOT / "src"),
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={WORLD}",
-        "-m",
-        "dpp",
-        "train",
-        "--config",
-        str(config),
-        "--set",
-        "train.epochs=1",
-        "--set",
-        f"output_dir={out_dir}",
-    ]
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
+    cmd = [sys.executable, *torchrun, "-m", "dpp", *train_argv(config, out_dir)]
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=240, check=False
+        cmd, capture_output=True, text=True, env=subprocess_env(), cwd=tmp, timeout=240
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return out_dir, proc

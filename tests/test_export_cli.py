@@ -11,35 +11,25 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from digits_runs import digits, run_cli
 from dpp import export
 from dpp.experiments import cli
 from dpp.experiments.data import load_dataset
 from dpp.experiments.export_cli import FORMATS
 from dpp.experiments.models import create_model
-from dpp.experiments.runconfig import load_run_config
+from dpp.experiments.runconfig import RunConfig
 from dpp.experiments.trainer import train
 
 pytestmark = pytest.mark.slow  # trains two small runs
 
 # Filter level on fc1/fc2 (channels can be removed), the output layer dense.
-SETTINGS = [
+SETTINGS = (
     "name=export",
-    "data.dataset=digits",
-    "train.epochs=1",
-    "train.device=cpu",
     "pruning.granularity=filter",
     "pruning.density=0.5",
     "pruning.overrides={fc3: {prune: false}}",
-    "log.progress=off",
     "log.metrics_samples=4",
-]
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(list(argv))
-    return code, out.getvalue(), err.getvalue()
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +38,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("export")
     out = {}
     for method in ("dpp", "dense"):
-        cfg = load_run_config(None, [*SETTINGS, f"method={method}", f"output_dir={tmp}"])
+        cfg = RunConfig.from_dict(digits(*SETTINGS, f"method={method}", f"output_dir={tmp}"))
         out[method] = train(cfg, run_dir=tmp / method, quiet=True).run_dir
     torch.set_flush_denormal(False)
     return out

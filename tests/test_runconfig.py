@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dpp
+from digits_runs import digits
 from dpp.experiments import runconfig
 from dpp.experiments.data import DATASETS
 from dpp.experiments.demo import DEMO_CONFIG
@@ -31,21 +32,15 @@ from dpp.experiments.runconfig import (
 from dpp.granularity import GRANULARITIES
 
 # One configuration, written in each of the three formats below.
-CONFIG = {
-    "name": "fmt",
-    "seed": 3,
-    "method": "dpp",
-    "data": {"dataset": "digits", "batch_size": 32},
-    "model": {"name": "lenet300"},
-    "train": {"epochs": 2, "optimizer": "sgd", "lr": 0.05, "lr_schedule": "cosine"},
-    "pruning": {
-        "granularity": "weight",
-        "density": 0.1,
-        "overrides": {"fc3": {"density": 0.5}},
-        "temperature": {"kind": "linear", "start": 2.0, "end": 0.5, "epochs": 2},
-    },
-    "log": {"progress": "off", "metrics_samples": 8},
-}
+CONFIG = digits(
+    "name=fmt",
+    "seed=3",
+    "data.batch_size=32",
+    "train.epochs=2",
+    "train.optimizer=sgd",
+    "train.lr=0.05",
+    "train.lr_schedule=cosine",
+)
 
 TOML = """
 name = "fmt"
@@ -64,6 +59,7 @@ epochs = 2
 optimizer = "sgd"
 lr = 0.05
 lr_schedule = "cosine"
+device = "cpu"
 
 [pruning]
 granularity = "weight"

@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 import dpp
+from digits_runs import digits
 from dpp.experiments.checkpoint import load_checkpoint
 from dpp.experiments.data import load_dataset
 from dpp.experiments.errors import ResumeError
 from dpp.experiments.models import create_model, num_parameters
-from dpp.experiments.runconfig import RunConfig, apply_overrides, load_run_config
+from dpp.experiments.runconfig import RunConfig, load_run_config
 from dpp.experiments.trainer import DistContext, _check_world_size, evaluate, train
 
 BATCH = 64
@@ -36,21 +37,6 @@ EPOCH_KEYS = {
     "seconds",
     "mask_metrics",
 }
-BASE: dict[str, Any] = {
-    "name": "digits",
-    "seed": 0,
-    "method": "dpp",
-    "data": {"dataset": "digits", "batch_size": BATCH},
-    "model": {"name": "lenet300"},
-    "train": {"epochs": 1, "optimizer": "adam", "lr": 3e-3, "device": "cpu"},
-    "pruning": {
-        "granularity": "weight",
-        "density": 0.1,
-        "overrides": {"fc3": {"density": 0.5}},
-        "temperature": {"kind": "linear", "start": 2.0, "end": 0.5, "epochs": 2},
-    },
-    "log": {"progress": "off", "metrics_samples": 8},
-}
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +47,7 @@ def _restore_flush_denormal():
 
 
 def digits_config(output_dir: Path, *assignments: str) -> RunConfig:
-    data = apply_overrides({**BASE, "output_dir": str(output_dir)}, list(assignments))
-    return RunConfig.from_dict(data)
+    return RunConfig.from_dict(digits(f"output_dir={output_dir}", *assignments))
 
 
 def digits_splits(val_size: int = 0):

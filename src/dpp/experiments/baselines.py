@@ -44,9 +44,6 @@ from .errors import ConfigError
 from .methods import METHODS, TrainingMethod, example_inputs, register_method
 from .seeding import name_seed
 
-if TYPE_CHECKING:  # annotations only: the run config imports this module
-    from .runconfig import RunConfig
-
 __all__ = [
     "BASELINES",
     "BASELINE_OPTIONS",
@@ -55,6 +52,9 @@ __all__ = [
     "create_baseline",
     "magnitude_mask",
 ]
+
+if TYPE_CHECKING:  # for annotations; runconfig imports this module, so not at run time
+    from .runconfig import RunConfig
 
 _STRICT = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
 
