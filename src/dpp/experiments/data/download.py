@@ -17,7 +17,7 @@ import pooch
 
 from .catalogue import CIFAR_LAYOUT, RESOURCES, canonical_name
 from .errors import ChecksumError, DatasetError, DatasetFormatError
-from .locate import _check_dir, default_download_root
+from .locate import check_dir, default_download_root
 
 __all__ = ["download", "file_md5", "verify_checksum"]
 
@@ -140,7 +140,7 @@ def download(
     target = (Path(root).expanduser() if root is not None else default_download_root()) / name
     target.mkdir(parents=True, exist_ok=True)
     cifar = name in CIFAR_LAYOUT
-    if cifar and _check_dir(name, target)[0] is not None:
+    if cifar and check_dir(name, target)[0] is not None:
         return target
     for url, md5 in RESOURCES[name]:
         untar = _SafeUntar(extract_dir=str(target)) if cifar else None

@@ -37,6 +37,7 @@ from .errors import DatasetNotFoundError
 __all__ = [
     "cache_dir",
     "candidate_dirs",
+    "check_dir",
     "default_download_root",
     "find_dataset_dir",
     "idx_file",
@@ -108,8 +109,9 @@ def _missing(name: str, directory: Path) -> tuple[Path | None, list[str]]:
     return (None if missing else directory), missing
 
 
-def _check_dir(name: str, directory: Path) -> tuple[Path | None, str]:
-    """(resolved data dir or None, the reason it did not match)."""
+def check_dir(name: str, directory: Path) -> tuple[Path | None, str]:
+    """(the directory holding every file of ``name`` — ``directory`` or, for CIFAR, its
+    batch folder — or ``None``; the reason it does not match, e.g. the files missing)."""
     if not directory.is_dir():
         return None, "does not exist"
     found, missing = _missing(name, directory)
@@ -139,7 +141,7 @@ def find_dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) 
         raise ValueError("'digits' ships with scikit-learn and has no data directory")
     tried = []
     for directory in candidate_dirs(name, data_dir):
-        found, reason = _check_dir(name, directory)
+        found, reason = check_dir(name, directory)
         if found is not None:
             return found
         tried.append(f"  - {directory} ({reason})")
@@ -209,7 +211,7 @@ def list_datasets(data_dir: str | os.PathLike[str] | None = None) -> list[dict[s
             dirs = candidate_dirs(name, data_dir)
             row["searched"] = [str(d) for d in dirs]
             for d in dirs:
-                found, _ = _check_dir(name, d)
+                found, _ = check_dir(name, d)
                 if found is not None:
                     row["found"], row["path"] = True, str(found)
                     break
