@@ -354,56 +354,58 @@ def test_epoch_schedules_become_steps(epochs, delay_epochs, steps_per_epoch):
 
 
 # ------------------------------------------------------------------ every field checked
-@pytest.mark.parametrize(
-    ("assignments", "key", "words"),
-    [
-        # train settings: types and ranges
-        (["train.epochs=true"], "train.epochs", ["integer"]),
-        (["train.lr=.inf"], "train.lr", ["finite"]),
-        (["train.momentum=1.5"], "train.momentum", ["< 1"]),
-        (["train.momentum=-0.1"], "train.momentum", [">= 0"]),
-        (["train.lr_gamma=2"], "train.lr_gamma", ["<= 1"]),
-        (["train.label_smoothing=1"], "train.label_smoothing", ["< 1"]),
-        (["train.grad_clip=0"], "train.grad_clip", ["> 0"]),
-        (["train.logit_lr=-1"], "train.logit_lr", ["> 0"]),
-        (["train.lr_milestones=[0]"], "train.lr_milestones[0]", ["> 0"]),
-        (["train.lr_milestones=[3, 2]"], "train.lr_milestones", ["increase"]),
-        (["train.lr_milestones=5"], "train.lr_milestones", ["list"]),
-        (["train.sparse_init=1"], "train.sparse_init", ["true or false"]),
-        (["train.init_from=3"], "train.init_from", ["string"]),
-        (["train.device=cuda:x"], "train.device", ["cuda[:N]"]),
-        # the optimizer's own options
-        (["train.nesterov=no"], "train.nesterov", ["true or false", "'no'"]),
-        (
-            ["train.optimizer=sgd", "train.nesterov=true", "train.momentum=0"],
-            "train.nesterov",
-            ["momentum > 0"],
-        ),
-        # the augmentation flag and the other sections
-        (["data.augment=no"], "data.augment", ["true or false", "'no'"]),
-        (["data.augment=1"], "data.augment", ["true or false"]),
-        (["data.eval_batch_size=0"], "data.eval_batch_size", ["> 0"]),
-        (["data.data_dir=[1]"], "data.data_dir", ["string"]),
-        (["log.metrics_samples=0"], "log.metrics_samples", ["> 0"]),
-        (["log.tensorboard=yes"], "log.tensorboard", ["true or false"]),
-        (["seed=-1"], "seed", [">= 0"]),
-        (["name="], "name", ["string"]),
-        (["data=3"], "data", ["mapping"]),
-        # model keyword arguments
-        (["model.kwargs={depth: 3}"], "model.kwargs.depth", ["lenet300", "depth"]),
-        (["model.kwargs=[1]"], "model.kwargs", ["mapping"]),
-        # pruning: types checked before dpp.DPPConfig checks the values
-        (["pruning.entropy_weight=no"], "pruning.entropy_weight", ["number"]),
-        (["pruning.logit_init_std=-1"], "pruning.logit_init_std", [">= 0"]),
-        (["pruning.exclude=fc1"], "pruning.exclude", ["list"]),
-        (["pruning.temperature=hot"], "pruning.temperature", ["number or a schedule"]),
-        (["pruning.noise_scale={kind: linear, epochs: -1}"], "pruning.noise_scale.epochs", ["> 0"]),
-        # baseline options, per method
-        (["method=srste", "baseline.decay=-1"], "baseline.decay", [">= 0"]),
-        (["method=gradual_kofn", "baseline.frequency=0.5"], "baseline.frequency", ["integer"]),
-        (["method=dpp", "baseline.decay=1"], "baseline.decay", ["takes no options"]),
-    ],
-)
+# --set assignments (joined by " & ") | the key the message starts with | words it holds:
+# train settings, the optimizer's own options, the augmentation flag, the other sections,
+# model keyword arguments, pruning types (before dpp.DPPConfig checks the values), baselines.
+BAD_FIELDS = """
+train.epochs=true                              | train.epochs               | integer
+train.lr=.inf                                  | train.lr                   | finite
+train.momentum=1.5                             | train.momentum             | < 1
+train.momentum=-0.1                            | train.momentum             | >= 0
+train.lr_gamma=2                               | train.lr_gamma             | <= 1
+train.label_smoothing=1                        | train.label_smoothing      | < 1
+train.grad_clip=0                              | train.grad_clip            | > 0
+train.logit_lr=-1                              | train.logit_lr             | > 0
+train.lr_milestones=[0]                        | train.lr_milestones[0]     | > 0
+train.lr_milestones=[3, 2]                     | train.lr_milestones        | increase
+train.lr_milestones=5                          | train.lr_milestones        | list
+train.sparse_init=1                            | train.sparse_init          | true or false
+train.init_from=3                              | train.init_from            | string
+train.device=cuda:x                            | train.device               | cuda[:N]
+train.nesterov=no                              | train.nesterov             | true or false & 'no'
+train.optimizer=sgd & train.nesterov=true & train.momentum=0 | train.nesterov | momentum > 0
+data.augment=no                                | data.augment               | true or false & 'no'
+data.augment=1                                 | data.augment               | true or false
+data.eval_batch_size=0                         | data.eval_batch_size       | > 0
+data.data_dir=[1]                              | data.data_dir              | string
+log.metrics_samples=0                          | log.metrics_samples        | > 0
+log.tensorboard=yes                            | log.tensorboard            | true or false
+seed=-1                                        | seed                       | >= 0
+name=                                          | name                       | string
+data=3                                         | data                       | mapping
+model.kwargs={depth: 3}                        | model.kwargs.depth         | lenet300 & depth
+model.kwargs=[1]                               | model.kwargs               | mapping
+pruning.entropy_weight=no                      | pruning.entropy_weight     | number
+pruning.logit_init_std=-1                      | pruning.logit_init_std     | >= 0
+pruning.exclude=fc1                            | pruning.exclude            | list
+pruning.temperature=hot                        | pruning.temperature        | number or a schedule
+pruning.noise_scale={kind: linear, epochs: -1} | pruning.noise_scale.epochs | > 0
+method=srste & baseline.decay=-1               | baseline.decay             | >= 0
+method=gradual_kofn & baseline.frequency=0.5   | baseline.frequency         | integer
+method=dpp & baseline.decay=1                  | baseline.decay             | takes no options
+"""
+
+
+def table_rows(text: str) -> list[tuple[list[str], str, list[str]]]:
+    """``a & b | key | word & word`` lines -> (assignments, key, words)."""
+    rows = []
+    for line in text.strip().splitlines():
+        assignments, key, words = (part.strip() for part in line.split(" | "))
+        rows.append((assignments.split(" & "), key, words.split(" & ")))
+    return rows
+
+
+@pytest.mark.parametrize(("assignments", "key", "words"), table_rows(BAD_FIELDS))
 def test_every_field_is_type_and_range_checked(assignments, key, words):
     """A wrong type or an out-of-range value anywhere: a ConfigError that starts with the key."""
     with pytest.raises(ConfigError) as err:
