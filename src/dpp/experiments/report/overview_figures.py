@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .plotting import Plotter, epochs_of, integer_epochs, marker, series
-from .runs import ReportRun
+from .plotting import Plotter, integer_epochs, marker
+from .runs import ReportRun, epochs_of, series
 
 __all__ = ["fig_accuracy_vs_compression", "fig_test_accuracy"]
 

@@ -9,11 +9,10 @@ program (pyplot is not imported). matplotlib is an optional dependency
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import Any
 
-from .runs import ReportRun, num
+from ..checkpoint import atomic_write_bytes
 
 __all__ = ["DPI", "MissingPlotDependencyError", "Plotter"]
 
@@ -81,7 +80,7 @@ class Plotter:
         try:
             from PIL import Image
         except ImportError:  # pragma: no cover - pillow is a matplotlib dependency
-            path.write_bytes(buf.getvalue())
+            atomic_write_bytes(path, buf.getvalue())
             return
         # A 256-colour palette: the figures are flat colours, antialiased text and colormaps
         # with at most 256 entries, so nothing visible is lost (the max-coverage quantizer
@@ -97,21 +96,10 @@ class Plotter:
             pal.save(out, format="PNG", optimize=True)
             if out.tell() <= MAX_PNG_BYTES:
                 break
-        path.write_bytes(out.getvalue())
+        atomic_write_bytes(path, out.getvalue())
 
     def rc(self) -> Any:
         return self.mpl.rc_context(_RC)
-
-
-def epochs_of(run: ReportRun) -> list[int]:
-    return [int(r["epoch"]) for r in run.history]
-
-
-def series(run: ReportRun, key: str, scale: float = 1.0) -> list[float] | None:
-    values = [num(r.get(key)) for r in run.history]
-    if all(v is None for v in values):
-        return None
-    return [math.nan if v is None else v * scale for v in values]
 
 
 def integer_epochs(ax: Any) -> None:
@@ -123,25 +111,3 @@ def integer_epochs(ax: Any) -> None:
 
 def marker(n: int) -> dict[str, Any]:
     return {"marker": "o", "markersize": 3} if n <= 30 else {}
-
-
-def layer_names(run: ReportRun) -> list[str]:
-    sp = run.last.get("sparsity") or {}
-    return list((sp.get("layers") or {}).keys())
-
-
-def layer_rows(run: ReportRun) -> dict[str, dict[str, Any]]:
-    return {r["layer"]: r for r in (run.summary or {}).get("layers") or [] if "layer" in r}
-
-
-def series_nested(run: ReportRun, keys: tuple[str, ...], scale: float = 1.0) -> list[float] | None:
-    out = []
-    for r in run.history:
-        value: Any = r
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        v = num(value)
-        out.append(math.nan if v is None else v * scale)
-    if all(math.isnan(v) for v in out):
-        return None
-    return out

@@ -5,18 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .plotting import (
-    SPLIT_COLORS,
-    Plotter,
-    epochs_of,
-    integer_epochs,
-    layer_names,
-    layer_rows,
-    marker,
-    series,
-    series_nested,
-)
-from .runs import ReportRun, num
+from .plotting import SPLIT_COLORS, Plotter, integer_epochs, marker
+from .runs import ReportRun, epochs_of, layer_names, layer_rows, num, series, series_nested
 
 __all__ = ["fig_curves", "fig_mask_metrics", "fig_sparsity"]
 

@@ -1,4 +1,5 @@
-"""Reading a run directory for the report: epoch records, summary and config."""
+"""Reading a run directory for the report: epoch records, summary and config, and the
+per-epoch series the figures plot."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ from typing import Any
 
 from ..errors import UserError
 
-__all__ = ["ReportError", "ReportRun", "RunMissingError", "num", "read_run"]
+__all__ = [
+    "ReportError",
+    "ReportRun",
+    "RunMissingError",
+    "epochs_of",
+    "layer_names",
+    "layer_rows",
+    "num",
+    "read_run",
+    "series",
+    "series_nested",
+]
 
 
 class ReportError(UserError, ValueError):
@@ -155,3 +167,41 @@ def read_run(path: str | Path) -> ReportRun:
     if summary is not None and "params_dense" in summary and "params_kept" in summary:
         run.params = (int(summary["params_dense"]), int(summary["params_kept"]))
     return run
+
+
+def epochs_of(run: ReportRun) -> list[int]:
+    """The epoch numbers of the run's records, in order."""
+    return [int(r["epoch"]) for r in run.history]
+
+
+def series(run: ReportRun, key: str, scale: float = 1.0) -> list[float] | None:
+    """``record[key] * scale`` per epoch (NaN where missing); ``None`` if never recorded."""
+    values = [num(r.get(key)) for r in run.history]
+    if all(v is None for v in values):
+        return None
+    return [math.nan if v is None else v * scale for v in values]
+
+
+def layer_names(run: ReportRun) -> list[str]:
+    """The pruned layers of the last epoch record's sparsity."""
+    sp = run.last.get("sparsity") or {}
+    return list((sp.get("layers") or {}).keys())
+
+
+def layer_rows(run: ReportRun) -> dict[str, dict[str, Any]]:
+    """The summary's per-layer rows by layer name."""
+    return {r["layer"]: r for r in (run.summary or {}).get("layers") or [] if "layer" in r}
+
+
+def series_nested(run: ReportRun, keys: tuple[str, ...], scale: float = 1.0) -> list[float] | None:
+    """Like :func:`series` for a value nested under ``keys`` in each record."""
+    out = []
+    for r in run.history:
+        value: Any = r
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        v = num(value)
+        out.append(math.nan if v is None else v * scale)
+    if all(math.isnan(v) for v in out):
+        return None
+    return out
