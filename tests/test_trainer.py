@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import dpp
-from digits_runs import digits
+from digits_runs import digits, subprocess_env, write_config
 from dpp.experiments.checkpoint import load_checkpoint
 from dpp.experiments.data import load_dataset
 from dpp.experiments.errors import ResumeError
@@ -317,6 +321,39 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
     assert not stale.exists()
     assert [r["epoch"] for r in read_records(run_dir) if r["event"] == "epoch"] == [1, 2]
     assert result.summary["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path):
+    """`dpp train` killed with SIGKILL after a checkpoint, then resumed: the same weights and
+    records as a run that was never interrupted."""
+    epochs = 3
+    config = write_config(tmp_path / "run.yaml", f"train.epochs={epochs}", "log.mask_metrics=false")
+    killed = tmp_path / "killed"
+    argv = ["train", "--config", str(config), "--run-dir", str(killed), "-q"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "dpp", *argv], env=subprocess_env(), stderr=subprocess.PIPE
+    )
+    ckpt = killed / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.is_file() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL, err.decode()
+    done = load_checkpoint(ckpt)["epoch"]
+    assert 1 <= done < epochs and not (killed / "summary.json").exists()
+
+    resumed = train(resume=killed, quiet=True)
+    straight = train(load_run_config(config), run_dir=tmp_path / "straight", quiet=True)
+    assert [r["epoch"] for r in read_records(killed) if r["event"] == "epoch"] == list(
+        range(1, epochs + 1)
+    )
+    assert without_timing(resumed.history) == without_timing(straight.history)
+    assert_identical(
+        load_file(str(killed / "model.safetensors")),
+        load_file(str(tmp_path / "straight" / "model.safetensors")),
+    )
 
 
 @pytest.mark.slow
