@@ -66,8 +66,7 @@ set = ["method=dpp"]
 
 
 def test_grid_expands_runs_with_dense_starts_and_equal_budgets(tmp_path):
-    """A grid has one reference run per seed, one run per setting x method x seed, and a
-    from-dense method trains epochs - dense_epochs after a dense run of dense_epochs."""
+    """A grid expands to its runs; from-dense methods keep the total epoch budget."""
     grid = load_grid(_grid(tmp_path, METHODS))
     ids = [r.run_id for r in grid.runs]
     assert ids[0] == "dense1ep-s0"  # the dense start comes first
@@ -83,8 +82,7 @@ def test_grid_expands_runs_with_dense_starts_and_equal_budgets(tmp_path):
 
 @pytest.mark.slow
 def test_grid_runs_resumably_and_tabulates(tmp_path, capsys):
-    """run_grid trains every run once (a second call trains nothing), and the table has a
-    row per setting x method with the accuracy of the finished runs."""
+    """run_grid trains every run once (a second call trains nothing) and tabulates them."""
     path = _grid(tmp_path, METHODS)
     grid = load_grid(path)
     run_grid(grid)
@@ -118,8 +116,7 @@ def test_grid_rejects_unknown_keys(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", BASELINES)
 def test_every_baseline_trains_and_keeps_the_constraint(tmp_path, method):
-    """Each baseline trains on digits, and its final weights keep what the method promises:
-    exactly k of n per neuron for the k-of-n ones, the same total count for the global one."""
+    """Each baseline trains and its final weights keep the k-of-n (or global) count."""
     from dpp.experiments.trainer import train
 
     (tmp_path / "base.toml").write_text(BASE)
@@ -236,8 +233,7 @@ def _hold(lock_path: str, ready) -> None:
 
 
 def test_claim_is_exclusive_and_dies_with_its_worker(tmp_path):
-    """A run held by a live worker cannot be claimed; once that worker is killed the run is
-    claimable again (a killed worker's run is resumed, not lost)."""
+    """A live worker's claim excludes others; killing the worker frees the run."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     ctx = multiprocessing.get_context("fork")
@@ -257,8 +253,7 @@ def test_claim_is_exclusive_and_dies_with_its_worker(tmp_path):
 
 
 def test_worker_resumes_a_partial_run_left_by_a_dead_worker(tmp_path, monkeypatch):
-    """A run with a checkpoint and a stale .lock (its worker died) is resumed by the next
-    worker, and finished runs are not trained again."""
+    """A dead worker's partial run is resumed; finished runs are not trained again."""
     path = _grid(tmp_path, METHODS)
     grid = load_grid(path)
     partial, done = grid.runs[0], grid.runs[1]

@@ -238,8 +238,7 @@ def test_corrupt_gzip(tmp_path, damage):
 
 
 def test_missing_file(tmp_path):
-    """A directory missing one file is reported with the file name, every directory tried
-    and the ways to fix it."""
+    """A directory missing one file names that file, every directory tried and the fixes."""
     make_idx_dataset(tmp_path, gz=True)
     (tmp_path / (IDX_NAMES["test_labels"] + ".gz")).unlink()
     with pytest.raises(DatasetNotFoundError) as exc:
@@ -282,8 +281,7 @@ def test_lookup_order(tmp_path, monkeypatch):
 
 
 def test_lookup_home_cache_and_flat_dirs(tmp_path, monkeypatch):
-    """Without XDG_CACHE_HOME the cache is ~/.cache/dpp/<name>; $DPP_DATA itself and
-    data_dir itself (without a <name> sub-folder) are searched too."""
+    """The cache defaults to ~/.cache/dpp/<name>; $DPP_DATA itself is searched too."""
     monkeypatch.delenv("XDG_CACHE_HOME")
     home = tmp_path / "home"
     make_idx_dataset(home / ".cache" / "dpp" / "mnist", n_train=7)
@@ -295,8 +293,7 @@ def test_lookup_home_cache_and_flat_dirs(tmp_path, monkeypatch):
 
 
 def test_explicit_dir_is_used_alone(tmp_path, monkeypatch):
-    """An explicit data_dir without the files fails naming it and the fix, even when
-    $DPP_DATA and the user cache hold a complete copy."""
+    """An explicit dir lacking files fails naming it, though $DPP_DATA and the cache have them."""
     make_idx_dataset(tmp_path / "env" / "mnist", n_train=9)
     make_idx_dataset(tmp_path / "xdg-cache" / "dpp" / "mnist", n_train=9)
     monkeypatch.setenv("DPP_DATA", str(tmp_path / "env"))
@@ -318,8 +315,7 @@ def test_explicit_dir_is_used_alone(tmp_path, monkeypatch):
     ids=["no-test-files", "no-train-labels", "no-test-labels"],
 )
 def test_incomplete_explicit_dir_names_missing_files(tmp_path, monkeypatch, remove):
-    """An explicit directory missing some files fails naming the directory, exactly the
-    missing files and the download command, although the user cache holds a full copy."""
+    """An incomplete explicit dir's error names it, exactly its missing files and the fix."""
     make_idx_dataset(tmp_path / "xdg-cache" / "dpp" / "mnist")
     explicit = tmp_path / "explicit"
     make_idx_dataset(explicit)
@@ -337,8 +333,7 @@ def test_incomplete_explicit_dir_names_missing_files(tmp_path, monkeypatch, remo
 
 @pytest.mark.parametrize("damage", ["truncate", "flip-header"])
 def test_damaged_file_in_explicit_dir_is_an_error(tmp_path, monkeypatch, damage):
-    """A truncated or corrupt file in an explicit directory raises DatasetFormatError naming
-    it; the complete copy in $DPP_DATA is not used instead."""
+    """A damaged file in an explicit dir is an error naming it, not a fallback to $DPP_DATA."""
     make_idx_dataset(tmp_path / "env" / "mnist", gz=False)
     monkeypatch.setenv("DPP_DATA", str(tmp_path / "env"))
     explicit = tmp_path / "explicit"
@@ -352,8 +347,7 @@ def test_damaged_file_in_explicit_dir_is_an_error(tmp_path, monkeypatch, damage)
 
 
 def test_implicit_search_skips_incomplete_dirs(tmp_path, monkeypatch):
-    """Without an explicit directory an incomplete $DPP_DATA copy is passed over for the
-    complete one in the user cache."""
+    """Without an explicit dir, an incomplete $DPP_DATA copy is passed over for the cache."""
     make_idx_dataset(tmp_path / "env" / "mnist", n_train=5)
     (tmp_path / "env" / "mnist" / (IDX_NAMES["test_labels"] + ".gz")).unlink()
     make_idx_dataset(tmp_path / "xdg-cache" / "dpp" / "mnist", n_train=7)
@@ -383,8 +377,7 @@ def test_cifar_load_records_every_batch(tmp_path):
 
 
 def test_candidate_dirs_order(tmp_path, monkeypatch):
-    """With an explicit dir only data_dir/<name> and data_dir are searched; without one,
-    $DPP_DATA/<name>, $DPP_DATA, the user cache, then the system dir."""
+    """An explicit dir is searched alone; else $DPP_DATA, the cache, then the system dir."""
     monkeypatch.setenv("DPP_DATA", str(tmp_path / "env"))
     assert D.candidate_dirs("fmnist", tmp_path / "x") == [
         tmp_path / "x" / "fashion-mnist",
@@ -641,8 +634,7 @@ def test_loader_generator_state_resume():
 
 @pytest.mark.parametrize("n, world_size, batch_size", [(10, 3, 2), (7, 4, 3), (2, 3, 1)])
 def test_loader_distributed_shards(n, world_size, batch_size):
-    """Ranks get equal batch counts, together cover every sample, and only the wrap-around
-    padding is duplicated."""
+    """Ranks get equal batch counts and cover every sample; only wrap-around padding repeats."""
     ds = toy_dataset(n)
     per_rank = []
     for rank in range(world_size):
@@ -822,8 +814,7 @@ def _mnist_resources(source: LocalSource, tmp_path: Path) -> list[tuple[str, str
 
 
 def test_download_verifies_writes_and_is_found(tmp_path, offline, monkeypatch):
-    """download() writes every file of a dataset into ROOT/<name>, load_dataset(data_dir=ROOT)
-    reads it, and a second download fetches nothing."""
+    """download() writes ROOT/<name>, load_dataset(data_dir=ROOT) reads it, no refetch."""
     monkeypatch.setitem(DL.RESOURCES, "mnist", _mnist_resources(offline, tmp_path))
     root = tmp_path / "root"
     assert D.download("mnist", root, progress=False) == root / "mnist"
@@ -834,8 +825,7 @@ def test_download_verifies_writes_and_is_found(tmp_path, offline, monkeypatch):
 
 
 def test_download_checksum_mismatch_leaves_nothing(tmp_path, offline, monkeypatch):
-    """A download whose MD5 differs from the published one raises ChecksumError naming the
-    URL and both checksums, and leaves no file behind."""
+    """An MD5 mismatch names the URL and both checksums and leaves no file behind."""
     url, md5 = offline.add("https://example.invalid/a.gz", b"payload" * 100)
     monkeypatch.setitem(DL.RESOURCES, "mnist", [(url, "f" * 32)])
     root = tmp_path / "root"
@@ -936,8 +926,7 @@ def test_docstring_examples(module):
 
 @pytest.mark.slow
 def test_run_records_the_data_files_it_read(tmp_path):
-    """A finished run's summary.json (and final metrics record) lists the data files read,
-    each with the path and SHA-256 that load_dataset reports."""
+    """summary.json and the final record list the data files read with their SHA-256."""
     pytest.importorskip("sklearn")
     import json
 
@@ -966,8 +955,7 @@ def test_run_records_the_data_files_it_read(tmp_path):
 
 
 def test_the_suggested_download_command_fixes_the_error(tmp_path, offline, monkeypatch, capsys):
-    """The command the not-found error suggests (`dpp data download NAME --data-dir DIR`)
-    puts the files where load_dataset(data_dir=DIR) finds them."""
+    """The download command the not-found error suggests makes the data load."""
     from dpp.experiments.cli import main
 
     monkeypatch.setitem(DL.RESOURCES, "mnist", _mnist_resources(offline, tmp_path))
@@ -981,8 +969,7 @@ def test_the_suggested_download_command_fixes_the_error(tmp_path, offline, monke
 
 
 def test_train_with_an_incomplete_data_dir_fails_before_writing(tmp_path, capsys):
-    """`dpp train` with a data.data_dir lacking the files exits with code 2, names the
-    directory and the missing files, and writes no run directory."""
+    """dpp train with an incomplete data dir exits 2 naming it, writing no run dir."""
     from dpp.experiments.cli import main
 
     empty = tmp_path / "empty"
@@ -998,8 +985,7 @@ def test_train_with_an_incomplete_data_dir_fails_before_writing(tmp_path, capsys
 
 
 def test_demo_with_an_explicit_data_dir_does_not_fall_back_to_digits(tmp_path):
-    """dpp demo --data-dir DIR without Fashion-MNIST in DIR is an error naming DIR, not a
-    run on scikit-learn's digits."""
+    """dpp demo --data-dir DIR without the data fails naming DIR, no digits fallback."""
     from dpp.experiments.demo import demo_config
 
     with pytest.raises(DatasetNotFoundError, match=re.escape(str(tmp_path))):

@@ -197,8 +197,7 @@ def _visible_text(page: str) -> str:
 
 
 def test_html_and_markdown_show_the_same_page(tmp_path):
-    """Both formats render the same sections: every table cell, figure file, title, caption
-    and note of the page appears in each."""
+    """HTML and Markdown show the same text, tables, notes and figures of one page."""
     run = _fake_run(tmp_path / "run")
     html_page = make_report([run], out=tmp_path / "h", fmt="html", samples=2).page
     md_page = make_report([run], out=tmp_path / "m", fmt="md", samples=2).page
@@ -273,8 +272,7 @@ def test_damaged_run_files_are_named(tmp_path, damage, match):
 
 
 def test_several_runs_get_sub_directories_and_overview(tmp_path):
-    """Several runs: each run's figures go to a sub-directory named after it, the overview
-    figures to the top, and the page links exactly the figures written."""
+    """Several runs: figures per run sub-directory plus overview; the page links all."""
     a = _fake_run(tmp_path / "a", name="same")
     b = _fake_run(tmp_path / "b", name="same", method="dense")
     result = make_report([a, b], out=tmp_path / "out", fmt="md", samples=2)

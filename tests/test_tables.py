@@ -82,8 +82,7 @@ def _results_tables():
 @pytest.mark.skipif(not (ROOT / "results").is_dir(), reason="no committed results")
 @pytest.mark.parametrize("name", ["dense-vs-dpp", "quantization", "summary", "mask-metrics"])
 def test_results_tables_are_well_formed_markdown(name):
-    """Each docs table of scripts/results_tables.py is a Markdown table whose every line has
-    the header's number of columns."""
+    """Each docs table of results_tables.py has the same column count on every line."""
     out = _results_tables().TABLES[name]()
     lines = [line for line in out.splitlines() if line.startswith("|")]
     assert len(lines) >= 3
