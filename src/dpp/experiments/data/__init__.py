@@ -30,6 +30,7 @@ module            holds
 ``loader``        :class:`BatchLoader`
 ``augmentation``  :func:`random_crop_flip`, :class:`RandomCropFlip`
 ``download``      :func:`download` (``pooch``), checksums
+``errors``        :class:`DatasetError` and its kinds (not found, bad format, checksum)
 ================  ==========================================================================
 
 An explicit ``data_dir`` is searched alone and fails clearly when it lacks files; without
