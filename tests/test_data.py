@@ -819,6 +819,7 @@ def test_download_verifies_writes_and_is_found(tmp_path, offline, monkeypatch):
     root = tmp_path / "root"
     assert D.download("mnist", root, progress=False) == root / "mnist"
     assert len(offline.fetched) == 4
+    assert {p.stat().st_mode & 0o777 for p in (root / "mnist").iterdir()} == {0o644}
     assert len(load_dataset("mnist", data_dir=root).train) == 12
     D.download("mnist", root, progress=False)
     assert len(offline.fetched) == 4

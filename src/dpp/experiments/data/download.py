@@ -93,6 +93,7 @@ def _fetch(
             f"failed to download {url}: {e}. Check your network/proxy, or download it "
             f"manually and put it at {dest}"
         ) from e
+    dest.chmod(0o644)  # pooch's temporary files are 0600; a data directory may be shared
     return dest
 
 
