@@ -265,3 +265,16 @@ def test_wanda_prior_on_gpt2_conv1d_scores_its_inputs():
     model.eval()
     got = pruner.masks()["transformer.h.0.mlp.c_fc"]  # shaped like the [in, out] weight
     assert torch.equal(got.t().reshape(-1, 4).float(), want)
+
+
+def test_gpt2_masks_round_trip_through_a_mask_file(tmp_path):
+    """save_masks/load_masks on GPT-2's Conv1D layers restores every mask exactly."""
+    model = _gpt2()
+    pruner = _two_of_four(model)
+    for p in pruner.logits():
+        torch.nn.init.normal_(p)
+    model.eval()
+    dpp.save_masks(pruner, tmp_path / "m.safetensors")
+    fixed = dpp.load_masks(_gpt2(seed=1), tmp_path / "m.safetensors")
+    want, got = pruner.masks(), fixed.masks()
+    assert set(want) == set(got) and all(torch.equal(want[n], got[n]) for n in want)

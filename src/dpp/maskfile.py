@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .config import DPPConfig
 from .granularity import GroupLayout
-from .layers import is_dpp_layer
+from .layers import canonical_weight, is_dpp_layer
 from .masks import FixedMask
 from .pruner import Pruner, prune
 
@@ -224,7 +224,7 @@ def load_masks(model: nn.Module, path: str | os.PathLike) -> Pruner:
                 f"{path}: layer {name!r} is not in this {type(model).__name__}: the masks were "
                 "saved from another architecture"
             )
-        shape = list(module.weight.shape)
+        shape = list(canonical_weight(module).shape)
         if shape != entry["weight_shape"]:
             raise MaskFileError(
                 f"{path}: layer {name!r} has weight shape {shape} here, {entry['weight_shape']} "

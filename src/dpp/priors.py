@@ -8,8 +8,8 @@ training is exactly the prior's choice; the same functions serve as one-shot bas
 Every function works on the layer's weight as a ``[out, in]`` matrix: ``nn.Linear`` as it
 is, a convolution flattened to ``[C_out, C_in/groups * prod(kernel)]``, and transformers'
 ``Conv1D`` (stored ``[in, out]``) transposed, as DPP groups it
-(:func:`dpp.layers.canonical_weight`). Calibration inputs ``X`` are the layer's inputs in the dense model, as
-``[tokens, in]`` rows (a convolution's input unfolded into patches).
+(:func:`dpp.layers.canonical_weight`). Calibration inputs ``X`` are the layer's inputs in
+the dense model, as ``[tokens, in]`` rows (a convolution's input unfolded into patches).
 
 Example:
     >>> import torch

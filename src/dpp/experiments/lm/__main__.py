@@ -1,0 +1,69 @@
+"""``python -m dpp.experiments.lm``: the language-model benchmark's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .model import ModelSpec
+from .pretrain import PretrainConfig, pretrain
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    run = Path(args.run_dir)
+    if (run / "config.json").exists() and not args.overrides:
+        cfg = PretrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    else:
+        spec = ModelSpec(
+            hidden=args.hidden,
+            layers=args.layers,
+            heads=args.heads,
+            intermediate=args.intermediate,
+            seq=args.seq,
+        )
+        cfg = PretrainConfig(
+            corpus=args.corpus,
+            data_dir=args.data_dir,
+            spec=spec,
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            seed=args.seed,
+            gap_every=args.gap_every,
+        )
+    path = pretrain(cfg, run)
+    print(f"dense model: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dpp.experiments.lm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pretrain", help="train (or resume) the dense byte-level Llama")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--corpus", default="cpython-stdlib")
+    p.add_argument("--data-dir", default="runs/lm/data")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=384)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=4900)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gap-every", type=int, default=700)
+    p.add_argument(
+        "--overrides",
+        action="store_true",
+        help="use the flags even when the run directory has a config",
+    )
+    p.set_defaults(func=_pretrain)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

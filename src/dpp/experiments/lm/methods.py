@@ -1,0 +1,180 @@
+"""One pruning method on the pretrained byte-level Llama, for a token budget.
+
+Methods (``k:m`` on every decoder Linear; embeddings and head dense):
+
+| method | mask | weights |
+|---|---|---|
+| ``dense`` | none | trained (dense continued: the fair reference) |
+| ``magnitude`` / ``wanda`` / ``sparsegpt`` | one-shot | as pruned (SparseGPT: OBS-updated) |
+| ``<one-shot>+ft`` | one-shot, fixed | trained under the mask |
+| ``dpp-mask`` | DPP from ``prior``, learned | frozen (mask-only, the MaskLLM regime) |
+| ``dpp-joint`` | DPP from ``prior``, learned | trained jointly |
+
+Every method that trains sees the same windows in the same order (``seed`` picks the order
+and DPP's noise), with AdamW and the same schedule family (linear warmup over 5% of the
+steps, cosine decay to 10%), at its own learning rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import dpp
+
+from .corpus import prepare
+from .model import evaluate, train_batch, val_windows
+from .oneshot import ONESHOT_METHODS, block_linears, oneshot_masks
+from .pretrain import calibration_set, load_dense, lr_at
+
+__all__ = ["METHODS", "MaskRunConfig", "run_method"]
+
+METHODS = (
+    "dense",
+    *ONESHOT_METHODS,
+    *(f"{m}+ft" for m in ONESHOT_METHODS),
+    "dpp-mask",
+    "dpp-joint",
+)
+DECODER = ["model.layers.*"]
+
+
+@dataclass
+class MaskRunConfig:
+    """One run of the mask phase (serialised into its ``result.json``)."""
+
+    dense_dir: str
+    method: str
+    k: int = 2
+    m: int = 4
+    prior: str = "wanda"
+    steps: int = 500
+    batch: int = 16
+    lr: float = 3e-4
+    logit_lr: float = 5e-2
+    noise_scale: float = 0.3
+    temperature: float = 1.0
+    prior_strength: float = 3.0
+    entropy_weight: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        if not 1 <= self.k <= self.m:
+            raise ValueError(f"pattern {self.k}:{self.m} needs 1 <= k <= m")
+        if self.method.startswith("dpp") and self.prior not in ("normal", *ONESHOT_METHODS):
+            raise ValueError(f"prior must be normal, magnitude, wanda or sparsegpt: {self.prior}")
+
+    @property
+    def trains(self) -> bool:
+        return self.method in ("dense", "dpp-mask", "dpp-joint") or self.method.endswith("+ft")
+
+    def label(self) -> str:
+        name = self.method if not self.method.startswith("dpp") else f"{self.method}-{self.prior}"
+        return f"{self.k}of{self.m}-{name}-s{self.seed}"
+
+
+def _fixed_pruner(model: torch.nn.Module, masks: dict[str, torch.Tensor], k: int, m: int):
+    def source(name: str, module: torch.nn.Module, layout: dpp.GroupLayout) -> dpp.FixedMask:
+        return dpp.FixedMask(layout, layout.candidate_scores(masks[name].float()) > 0)
+
+    return dpp.prune(
+        model, granularity="block", block_size=m, k=k, include=DECODER, mask_source=source
+    )
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Run one method (skipped when its ``result.json`` exists) and return its result."""
+    out = Path(out_dir)
+    result_path = out / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    model, pcfg = load_dense(cfg.dense_dir)
+    corpus = prepare(pcfg.corpus, Path(pcfg.data_dir) / pcfg.corpus)
+    windows = val_windows(corpus.val, seq=pcfg.spec.seq, windows=pcfg.eval_windows)
+    calib = calibration_set(corpus, pcfg)
+    base = cfg.method.removesuffix("+ft")
+    pruner = None
+    if base in ONESHOT_METHODS:
+        masks = oneshot_masks(model, base, k=cfg.k, m=cfg.m, calibration=calib)
+        pruner = _fixed_pruner(model, masks, cfg.k, cfg.m)
+    elif base.startswith("dpp"):
+        torch.manual_seed(cfg.seed)
+        extra = {"calibration_data": calib} if cfg.prior in ("wanda", "sparsegpt") else {}
+        pruner = dpp.prune(
+            model,
+            granularity="block",
+            block_size=cfg.m,
+            k=cfg.k,
+            include=DECODER,
+            logit_init=cfg.prior,
+            logit_init_std=cfg.prior_strength,
+            noise_scale=dpp.Schedule("cosine", cfg.noise_scale, 0.0, steps=cfg.steps),
+            temperature=cfg.temperature,
+            entropy_weight=cfg.entropy_weight,
+            **extra,
+        )
+        if base == "dpp-mask":
+            pruner.freeze_weights()
+    started = time.perf_counter()
+    step_seconds = 0.0
+    if cfg.trains:
+        if pruner is None:
+            groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
+        else:
+            groups = pruner.param_groups(lr=cfg.lr, logit_lr=cfg.logit_lr)
+        base_lrs = [g.get("lr", cfg.lr) for g in groups]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
+        model.train()
+        warmup = max(1, cfg.steps // 20)
+        t0 = time.perf_counter()
+        for step in range(cfg.steps):
+            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = lr_at(step, lr=lr, warmup=warmup, total=cfg.steps, min_ratio=0.1)
+            ids = train_batch(
+                corpus.train, step=step, seed=10_000 + cfg.seed, batch=cfg.batch, seq=pcfg.spec.seq
+            )
+            loss = model(ids, labels=ids).loss
+            if pruner is not None and cfg.entropy_weight:
+                loss = loss + pruner.entropy_loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if pruner is not None:
+                pruner.step()
+        step_seconds = (time.perf_counter() - t0) / max(cfg.steps, 1)
+    metrics = evaluate(model, windows)
+    if pruner is not None:
+        model.eval()
+        for name, mask in pruner.masks().items():
+            kept = mask.reshape(-1, cfg.m).sum(-1)
+            if not bool((kept == cfg.k).all()):
+                raise RuntimeError(f"{name}: the mask does not keep {cfg.k} of {cfg.m}")
+    result = {
+        "label": cfg.label(),
+        "config": dataclasses.asdict(cfg),
+        "tokens": cfg.steps * cfg.batch * pcfg.spec.seq if cfg.trains else 0,
+        "seconds": time.perf_counter() - started,
+        "seconds_per_step": step_seconds,
+        "pruned_layers": len(block_linears(model)),
+        **metrics,
+    }
+    _write_json(result_path, result)
+    return result

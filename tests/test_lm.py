@@ -1,0 +1,178 @@
+"""The language-model benchmark (dpp.experiments.lm) on a tiny model and a synthetic corpus."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from dpp.experiments.lm import corpus as corpus_mod  # noqa: E402
+from dpp.experiments.lm.methods import MaskRunConfig, run_method  # noqa: E402
+from dpp.experiments.lm.model import ModelSpec, train_batch  # noqa: E402
+from dpp.experiments.lm.oneshot import block_linears, oneshot_masks  # noqa: E402
+from dpp.experiments.lm.pretrain import PretrainConfig, load_dense, pretrain  # noqa: E402
+
+TINY = ModelSpec(hidden=16, layers=1, heads=2, intermediate=32, seq=32)
+
+
+@pytest.fixture
+def source_tree(tmp_path):
+    """A small tree of '.py' files standing in for the standard library."""
+    root = tmp_path / "src"
+    g = torch.Generator().manual_seed(0)
+    for i in range(60):
+        path = root / f"pkg{i % 3}" / f"mod{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        words = torch.randint(0, 20, (300,), generator=g).tolist()
+        path.write_text(" ".join(f"name{w}" for w in words) + "\n")
+    return root
+
+
+def _config(tmp_path, source_tree, **changes) -> PretrainConfig:
+    data_dir = tmp_path / "data"
+    corpus_mod.prepare("cpython-stdlib", data_dir / "cpython-stdlib", root=source_tree)
+    cfg = PretrainConfig(
+        data_dir=str(data_dir),
+        spec=TINY,
+        steps=6,
+        batch=4,
+        warmup=2,
+        eval_windows=8,
+        gap_every=3,
+        checkpoint_every=2,
+        calibration_batches=2,
+    )
+    return replace(cfg, **changes)
+
+
+def test_corpus_is_split_by_file_and_digest_checked(tmp_path, source_tree):
+    """Every file lands in one split, the manifest records its digests, and a changed byte
+    in a prepared split is refused."""
+    out = tmp_path / "prepared"
+    corpus = corpus_mod.prepare("cpython-stdlib", out, root=source_tree)
+    splits = {r["path"]: r["split"] for r in corpus.manifest["records"]}
+    assert len(splits) == 60 and set(splits.values()) == {"train", "val"}
+    assert all(corpus_mod.split_of(p) == s for p, s in splits.items())
+    assert len(corpus.train) + len(corpus.val) == sum(
+        p.stat().st_size + 1 for p in source_tree.rglob("*.py")
+    )
+    data = bytearray((out / "val.bin").read_bytes())
+    data[3] ^= 1
+    (out / "val.bin").write_bytes(bytes(data))
+    with pytest.raises(corpus_mod.CorpusError, match="SHA-256"):
+        corpus_mod.load(out)
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    """The same (seed, step) gives the same windows; another step gives others."""
+    data = torch.randint(0, 256, (5000,), dtype=torch.uint8).numpy()
+    a = train_batch(data, step=3, seed=1, batch=4, seq=16)
+    assert torch.equal(a, train_batch(data, step=3, seed=1, batch=4, seq=16))
+    assert not torch.equal(a, train_batch(data, step=4, seed=1, batch=4, seq=16))
+
+
+def test_pretraining_resumes_to_the_same_weights(tmp_path, source_tree, monkeypatch):
+    """A pretraining run interrupted after a checkpoint and resumed ends with exactly the
+    weights of an uninterrupted run, and logs the one-shot gaps."""
+    cfg = _config(tmp_path, source_tree)
+    whole = load_dense_after(pretrain(cfg, tmp_path / "whole").parent)
+
+    calls = {"n": 0}
+    original = torch.optim.AdamW.step
+
+    def failing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", failing_step)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    resumed = load_dense_after(pretrain(cfg, tmp_path / "resumed").parent)
+    for key, value in whole.items():
+        assert torch.equal(value, resumed[key]), key
+    gaps = [
+        json.loads(line)
+        for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()
+        if '"gap"' in line
+    ]
+    assert [g["step"] for g in gaps] == [3, 6]
+    assert all({"dense", "magnitude", "wanda"} <= set(g) for g in gaps)
+
+
+def load_dense_after(run_dir):
+    model, _ = load_dense(run_dir)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_other_settings_in_a_run_directory_are_refused(tmp_path, source_tree):
+    """Resuming with other settings than the saved ones is an error that says so."""
+    cfg = _config(tmp_path, source_tree)
+    pretrain(cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match="other settings"):
+        pretrain(replace(cfg, lr=1e-2), tmp_path / "run")
+
+
+def test_sequential_sparsegpt_keeps_2_of_4_and_updates_the_weights(tmp_path, source_tree):
+    """One-shot SparseGPT over the decoder keeps 2 of every 4 inputs per row and changes the
+    kept weights; the mask-only variant leaves the weights alone."""
+    cfg = _config(tmp_path, source_tree)
+    pretrain(cfg, tmp_path / "run")
+    model, _ = load_dense(tmp_path / "run")
+    before = {n: m.weight.detach().clone() for n, m in block_linears(model).items()}
+    calib = [torch.randint(0, 256, (4, 32)) for _ in range(2)]
+    masks = oneshot_masks(model, "sparsegpt", k=2, m=4, calibration=calib)
+    assert len(masks) == 7
+    for name, layer in block_linears(model).items():
+        assert (masks[name].reshape(-1, 4).sum(-1) == 2).all()
+        assert (layer.weight[~masks[name]] == 0).all()
+        assert not torch.equal(layer.weight[masks[name]], before[name][masks[name]])
+    fresh, _ = load_dense(tmp_path / "run")
+    oneshot_masks(fresh, "sparsegpt", k=2, m=4, calibration=calib, update=False)
+    for name, layer in block_linears(fresh).items():
+        assert torch.equal(layer.weight, before[name])
+
+
+@pytest.mark.parametrize(
+    "method", ["dense", "magnitude", "wanda+ft", "sparsegpt", "dpp-mask", "dpp-joint"]
+)
+def test_every_method_runs_and_records_its_budget(tmp_path, source_tree, method):
+    """Each method writes a result with its validation loss and token budget, and is not run
+    again once its result exists."""
+    cfg = _config(tmp_path, source_tree)
+    pretrain(cfg, tmp_path / "dense")
+    run = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method=method, steps=2, batch=2)
+    result = run_method(run, tmp_path / "out")
+    assert result["val_loss"] > 0 and result["val_bpb"] == pytest.approx(
+        result["val_loss"] / 0.6931471805599453
+    )
+    assert result["tokens"] == (2 * 2 * TINY.seq if run.trains else 0)
+    assert run_method(run, tmp_path / "out") == result
+
+
+def test_mask_only_dpp_leaves_the_pretrained_weights_unchanged(tmp_path, source_tree, monkeypatch):
+    """dpp-mask trains the logits only: after the run, every weight equals the dense one."""
+    import dpp
+
+    cfg = _config(tmp_path, source_tree)
+    pretrain(cfg, tmp_path / "dense")
+    dense, _ = load_dense(tmp_path / "dense")
+    seen = {}
+    original = dpp.Pruner.freeze_weights
+
+    def spy(self):
+        seen["model"] = self.model
+        return original(self)
+
+    monkeypatch.setattr(dpp.Pruner, "freeze_weights", spy)
+    run = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method="dpp-mask", steps=3, batch=2)
+    run_method(run, tmp_path / "out")
+    trained = seen["model"].state_dict()
+    for key, value in dense.state_dict().items():
+        assert torch.equal(trained[key], value), key
