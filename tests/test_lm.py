@@ -10,11 +10,11 @@ import torch
 
 pytest.importorskip("transformers")
 
-from dpp.experiments.lm import corpus as corpus_mod  # noqa: E402
-from dpp.experiments.lm.methods import MaskRunConfig, run_method  # noqa: E402
-from dpp.experiments.lm.model import ModelSpec, train_batch  # noqa: E402
-from dpp.experiments.lm.oneshot import block_linears, oneshot_masks  # noqa: E402
-from dpp.experiments.lm.pretrain import PretrainConfig, load_dense, pretrain  # noqa: E402
+from dpp.experiments.lm import corpus as corpus_mod
+from dpp.experiments.lm.methods import MaskRunConfig, run_method
+from dpp.experiments.lm.model import ModelSpec, train_batch
+from dpp.experiments.lm.oneshot import block_linears, oneshot_masks
+from dpp.experiments.lm.pretrain import PretrainConfig, load_dense, pretrain
 
 TINY = ModelSpec(hidden=16, layers=1, heads=2, intermediate=32, seq=32)
 
