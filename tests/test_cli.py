@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import subprocess
 import sys
@@ -256,17 +259,45 @@ def test_cuda_without_a_gpu_is_a_config_error_before_the_run_dir(tmp_path: Path,
     assert not out_dir.exists()
 
 
-@pytest.mark.parametrize("error", [RuntimeError, ValueError, KeyError])
+@pytest.mark.parametrize(
+    "error", [RuntimeError("a bug"), ValueError("a bug"), KeyError("a bug"), OSError("a bug")]
+)
 def test_a_bug_keeps_its_traceback(monkeypatch, error):
     """An exception that is not a user's mistake propagates out of main (a traceback)."""
     from dpp.experiments import trainer
 
     def broken(*args, **kwargs):
-        raise error("a bug")
+        raise error
 
     monkeypatch.setattr(trainer, "train", broken)
-    with pytest.raises(error, match="a bug"):
+    with pytest.raises(type(error), match="a bug"):
         cli.main(["train", "--set", "train.epochs=1"])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(errno.EACCES, "Permission denied", "/srv/runs"),
+        OSError(errno.ENOSPC, "No space left on device", "/srv/runs/checkpoint.pt"),
+    ],
+)
+def test_a_path_the_machine_refuses_is_one_line(monkeypatch, error):
+    """A directory that cannot be written or a full disk: one line naming the path, exit 2."""
+    from dpp.experiments import trainer
+
+    def refused(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(trainer, "train", refused)
+    code, _, err = run_cli("train", "--set", "train.epochs=1")
+    assert code == 2 and error.filename in err and len(err.strip().splitlines()) == 1
+
+
+def test_stop_after_epochs_must_be_a_count():
+    """--stop-after-epochs -1 is refused by the parser (exit code 2), not run as 'no epochs'."""
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(io.StringIO()):
+        cli.main(["train", "--stop-after-epochs", "-1"])
+    assert exit_info.value.code == 2
 
 
 # ------------------------------------------------------------------ demo

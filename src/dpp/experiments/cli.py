@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -118,6 +119,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpp",
@@ -140,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_OR_CKPT", help="continue an interrupted run bit-exactly"
     )
     p.add_argument("--run-dir", help="write the run here (default: <output_dir>/<name>-<time>)")
-    p.add_argument("--stop-after-epochs", type=int, help="stop after N epochs (resume later)")
+    p.add_argument("--stop-after-epochs", type=_count, help="stop after N epochs (resume later)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(func=_cmd_train)
 
@@ -188,13 +196,24 @@ def _extensions() -> list[Any]:
     return [report_cli, export_cli, compare_cli]
 
 
+# What the machine refuses (a path not writable, a full or read-only disk): the user's to
+# fix, not a bug. Other OSErrors keep their traceback.
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+
+
+def _is_environment_error(err: BaseException) -> bool:
+    return isinstance(err, OSError) and (
+        isinstance(err, PermissionError) or err.errno in _ENVIRONMENT_ERRNOS
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``dpp ARGV``; returns the exit code.
 
     A user's mistake (:class:`~dpp.experiments.errors.UserError`: a bad config, a missing or
-    damaged file, a bad run directory; or a dataset error) is one line on stderr and exit
-    code 2 (``DPP_DEBUG=1`` shows its traceback too); anything else is a bug and keeps its
-    traceback.
+    damaged file, a bad run directory; a dataset error; a path the machine will not let us
+    write) is one line on stderr and exit code 2 (``DPP_DEBUG=1`` shows its traceback too);
+    anything else is a bug and keeps its traceback.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -203,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, DatasetError) as err:
-        if os.environ.get("DPP_DEBUG"):
+    except (UserError, DatasetError, OSError) as err:
+        users = isinstance(err, (UserError, DatasetError)) or _is_environment_error(err)
+        if os.environ.get("DPP_DEBUG") or not users:
             raise
         kind = "config error: " if isinstance(err, ConfigError) else ""
         print(f"dpp {args.command}: {kind}{err}", file=sys.stderr)
