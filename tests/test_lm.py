@@ -176,3 +176,32 @@ def test_mask_only_dpp_leaves_the_pretrained_weights_unchanged(tmp_path, source_
     trained = seen["model"].state_dict()
     for key, value in dense.state_dict().items():
         assert torch.equal(trained[key], value), key
+
+
+def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tree, capsys):
+    """`python -m dpp.experiments.lm grid` runs methods x swept values x seeds, resumes, and
+    its table reports each method at its lowest-loss setting."""
+    from dpp.experiments.lm.__main__ import main
+    from dpp.experiments.lm.grid import grid_runs, results_table
+
+    cfg = _config(tmp_path, source_tree)
+    pretrain(cfg, tmp_path / "dense")
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        f'dense_dir = "{tmp_path / "dense"}"\noutput_dir = "{tmp_path / "out"}"\n'
+        'pattern = "2:4"\nsteps = 2\nbatch = 2\nseeds = [0, 1]\n'
+        '[[methods]]\nmethod = "dense"\nlr = [1e-4, 1e-2]\n'
+        '[[methods]]\nmethod = "magnitude"\n'
+    )
+    runs = grid_runs(grid)
+    assert len(runs) == 6 and len({d for d, _ in runs}) == 6
+    assert main(["grid", str(grid)]) == 0
+    results = {d.name: json.loads((d / "result.json").read_text()) for d, _ in runs}
+    table = results_table(grid)
+    dense_rows = {n: r["val_loss"] for n, r in results.items() if n.startswith("dense")}
+    low = min(
+        ("lr-0.0001", "lr-0.01"), key=lambda s: sum(v for n, v in dense_rows.items() if s in n)
+    )
+    assert f"| dense | dense_{low} |" in table and "| magnitude |" in table
+    assert main(["grid", str(grid)]) == 0  # resumes: nothing runs again
+    assert "[1/6]" in capsys.readouterr().out

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .grid import grid_runs, results_table
+from .methods import METHODS, MaskRunConfig, run_method
 from .model import ModelSpec
 from .pretrain import PretrainConfig, pretrain
 
@@ -38,6 +40,40 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    k, _, m = args.pattern.partition(":")
+    cfg = MaskRunConfig(
+        dense_dir=args.dense_dir,
+        method=args.method,
+        k=int(k),
+        m=int(m),
+        prior=args.prior,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        logit_lr=args.logit_lr,
+        noise_scale=args.noise_scale,
+        prior_strength=args.prior_strength,
+        seed=args.seed,
+    )
+    result = run_method(cfg, Path(args.output_dir) / cfg.label())
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
+    return 0
+
+
+def _grid(args: argparse.Namespace) -> int:
+    runs = grid_runs(args.grid)
+    for i, (out_dir, cfg) in enumerate(runs):
+        if args.dry_run:
+            print(out_dir)
+            continue
+        result = run_method(cfg, out_dir)
+        print(f"[{i + 1}/{len(runs)}] {out_dir}: val loss {result['val_loss']:.4f}", flush=True)
+    if not args.dry_run:
+        print(results_table(args.grid))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpp.experiments.lm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +97,26 @@ def main(argv: list[str] | None = None) -> int:
         help="use the flags even when the run directory has a config",
     )
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("run", help="one method of the mask phase on a pretrained model")
+    p.add_argument("--dense-dir", required=True)
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--pattern", default="2:4")
+    p.add_argument("--prior", default="wanda")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--logit-lr", type=float, default=5e-2)
+    p.add_argument("--noise-scale", type=float, default=0.3)
+    p.add_argument("--prior-strength", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", default="results/lm")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("grid", help="every run of a grid file (resumable), then its table")
+    p.add_argument("grid")
+    p.add_argument("--dry-run", action="store_true", help="list the runs only")
+    p.set_defaults(func=_grid)
     args = parser.parse_args(argv)
     return args.func(args)
 

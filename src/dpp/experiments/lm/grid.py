@@ -1,0 +1,135 @@
+"""Grids of the mask phase: a TOML file of methods x settings x seeds, and its table.
+
+A grid file names the dense run, the pattern, the budget and the seeds, then one
+``[[methods]]`` table per method whose list values are swept (a cartesian product)::
+
+    dense_dir = "runs/lm/dense"
+    output_dir = "results/lm/2of4"
+    pattern = "2:4"
+    steps = 500
+    seeds = [0, 1, 2]
+
+    [[methods]]
+    method = "wanda+ft"
+    lr = [1e-4, 3e-4, 1e-3]
+
+Every run has its own directory (skipped once its ``result.json`` exists), so a grid
+resumes where it stopped. The table picks, per method, the setting with the lowest mean
+validation loss and reports it over the seeds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .methods import MaskRunConfig
+
+__all__ = ["grid_runs", "results_table"]
+
+_SWEPT = (
+    "lr",
+    "logit_lr",
+    "prior",
+    "noise_scale",
+    "prior_strength",
+    "temperature",
+    "entropy_weight",
+)
+
+
+def _load(grid: str | Path) -> dict[str, Any]:
+    path = Path(grid)
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the grid file ({exc})") from exc
+
+
+def _label(cfg: MaskRunConfig, swept: dict[str, Any]) -> str:
+    parts = [cfg.method]
+    for key in _SWEPT:
+        if key in swept:
+            parts.append(f"{key.replace('_', '-')}-{swept[key]}")
+    return "_".join(parts) + f"_s{cfg.seed}"
+
+
+def grid_runs(grid: str | Path) -> list[tuple[Path, MaskRunConfig]]:
+    """``[(run directory, config)]`` of every run of a grid file, in file order."""
+    spec = _load(grid)
+    k, _, m = str(spec.get("pattern", "2:4")).partition(":")
+    common = {
+        "dense_dir": spec["dense_dir"],
+        "k": int(k),
+        "m": int(m),
+        "steps": spec.get("steps", 500),
+        "batch": spec.get("batch", 16),
+    }
+    out = Path(spec["output_dir"])
+    runs = []
+    for entry in spec.get("methods", []):
+        entry = dict(entry)
+        unknown = set(entry) - {"method", *_SWEPT}
+        if unknown:
+            raise ValueError(f"{grid}: unknown key(s) {sorted(unknown)} in [[methods]]")
+        lists = {k: v if isinstance(v, list) else [v] for k, v in entry.items() if k != "method"}
+        keys = list(lists)
+        for values in itertools.product(*(lists[k] for k in keys)):
+            swept = dict(zip(keys, values, strict=True))
+            for seed in spec.get("seeds", [0]):
+                cfg = MaskRunConfig(method=entry["method"], seed=seed, **common, **swept)
+                runs.append(
+                    (out / _label(cfg, {k: v for k, v in swept.items() if len(lists[k]) > 1}), cfg)
+                )
+    return runs
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def results_table(grid: str | Path) -> str:
+    """A Markdown table of a grid's finished runs: the best setting of each method."""
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for out_dir, cfg in grid_runs(grid):
+        path = out_dir / "result.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        name = cfg.method + (f" ({cfg.prior} prior)" if cfg.method.startswith("dpp") else "")
+        setting = out_dir.name.rsplit("_s", 1)[0]
+        groups.setdefault((name, cfg.method), {}).setdefault(setting, []).append(result)
+    if not groups:
+        return "(no finished runs)"
+    best: dict[str, tuple[str, list[dict]]] = {}
+    for (name, _), settings in groups.items():
+        setting, results = min(
+            settings.items(), key=lambda kv: statistics.mean(r["val_loss"] for r in kv[1])
+        )
+        best[name] = (setting, results)
+    dense = best.get("dense")
+    dense_loss = statistics.mean(r["val_loss"] for r in dense[1]) if dense else None
+    dense_step = statistics.mean(r["seconds_per_step"] for r in dense[1]) if dense else None
+    lines = [
+        "| method | best setting | val loss (nats/byte) | gap to dense | ppl | bits/byte "
+        "| seeds | tokens | step / dense step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, (setting, results) in best.items():
+        losses = [r["val_loss"] for r in results]
+        mean = statistics.mean(losses)
+        gap = "" if dense_loss is None or name == "dense" else f"{mean - dense_loss:+.4f}"
+        step = statistics.mean(r["seconds_per_step"] for r in results)
+        ratio = f"{step / dense_step:.2f}x" if dense_step and step else ""
+        lines.append(
+            f"| {name} | {setting} | {_mean_std(losses)} | {gap} | {math.exp(mean):.3f} | "
+            f"{mean / math.log(2):.4f} | {len(results)} | {results[0]['tokens']:,} | {ratio} |"
+        )
+    return "\n".join(lines)
