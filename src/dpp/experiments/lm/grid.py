@@ -24,11 +24,16 @@ import itertools
 import json
 import math
 import statistics
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any
 
 from .methods import MaskRunConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 __all__ = ["grid_runs", "results_table"]
 
