@@ -7,7 +7,6 @@ Reads ``results/<grid>/<run>/summary.json`` (written by ``dpp compare``; the run
 - ``quantization``: DPP at 95% with 32, 8, 4, 3, 2 bits and binary, accuracy and compression;
 - ``comparison``: every method of the comparison grids;
 - ``summary``: the README's lines (LeNet-300-100, DPP against the baselines);
-- ``binary``: DPP against one-shot magnitude k-of-n with binary weights;
 - ``tuning``: the knobs of the tuning grid;
 - ``mask-metrics``: confidence and diversity over epochs of the DPP 95% LeNet-300-100 runs.
 
@@ -235,22 +234,6 @@ def summary() -> str:
     return _md(rows, header)
 
 
-def binary() -> str:
-    return (
-        _grid_table(
-            "lenet300-fmnist-binary",
-            ["90-binary", "95-binary", "98-binary"],
-            [
-                ("one-shot magnitude k-of-n + FT, binary", "one-shot-magnitude-k-of-n-ft"),
-                ("DPP, binary", "dpp"),
-            ],
-        )
-        .replace("90:binary", "90% binary")
-        .replace("95:binary", "95% binary")
-        .replace("98:binary", "98% binary")
-    )
-
-
 def tuning() -> str:
     from dpp.experiments.compare import load_grid
 
@@ -303,7 +286,6 @@ TABLES = {
     "quantization": quantization,
     "comparison": comparison,
     "summary": summary,
-    "binary": binary,
     "tuning": tuning,
     "mask-metrics": mask_metrics,
 }

@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-for grid in lenet300_fmnist quant_lenet300_fmnist lenet5_fmnist quant_lenet5_fmnist tune_dpp lenet300_fmnist_binary; do
+for grid in lenet300_fmnist quant_lenet300_fmnist lenet5_fmnist quant_lenet5_fmnist tune_dpp; do
     dpp compare "configs/grids/$grid.toml" --out "results/$grid.md"
 done
