@@ -108,9 +108,35 @@ def test_compare_cli_dry_run_lists_status(tmp_path, capsys):
 def test_grid_rejects_unknown_keys(tmp_path):
     """An unknown key in a grid or one of its methods is a ConfigError listing valid keys."""
     path = _grid(tmp_path, METHODS + '\n[[methods]]\nlabel = "x"\nsets = []\n')
-    valid = "valid: label, set, from_dense, reference, seeds, settings"
-    with pytest.raises(ConfigError, match=valid):
+    valid = r"methods\[\d\]\.sets: unknown key \(did you mean 'set'\?\); valid keys in "
+    with pytest.raises(ConfigError, match=valid + r".*label, set, from_dense, reference, seeds"):
         load_grid(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ('seeds = ["a"]\n', ["seeds[0]: must be an integer"]),
+        ("dense_epochs = 0\n", ["dense_epochs: must be > 0"]),
+        ("name = 3\n", ["name: must be a string"]),
+        ("sed = [1]\n", ["sed: unknown key (did you mean 'seeds'?)"]),
+    ],
+)
+def test_grid_values_are_type_checked(tmp_path, extra, words):
+    """A grid key with a wrong type or value: a ConfigError naming the file and the key."""
+    text = _grid(tmp_path, METHODS).read_text()
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        extra
+        + "\n".join(
+            line for line in text.splitlines() if not line.startswith(extra.split()[0] + " ")
+        )
+    )
+    with pytest.raises(ConfigError) as err:
+        load_grid(path)
+    assert str(path) in str(err.value)
+    for word in words:
+        assert word in str(err.value), str(err.value)
 
 
 @pytest.mark.slow

@@ -37,16 +37,58 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import pydantic
 from filelock import FileLock, Timeout
 
-from .runconfig import ConfigError, RunConfig, apply_overrides, load_config_file
+from .runconfig import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    load_config_file,
+    validation_message,
+)
 from .tables import format_table
 
 __all__ = ["Grid", "RunSpec", "load_grid", "results_table", "run_grid"]
 
-_GRID_KEYS = ("name", "base", "output_dir", "seeds", "dense_epochs", "set", "settings", "methods")
+_STRICT = pydantic.ConfigDict(extra="forbid", strict=True)
+_Label = Annotated[str, pydantic.Field(min_length=1)]
+
+
+class _SettingEntry(pydantic.BaseModel):
+    """One ``[[settings]]`` table: a label and the ``--set`` assignments of that setting."""
+
+    model_config = _STRICT
+    label: _Label
+    set: list[str] = []
+
+
+class _MethodEntry(pydantic.BaseModel):
+    """One ``[[methods]]`` table."""
+
+    model_config = _STRICT
+    label: _Label
+    set: list[str] = []
+    from_dense: bool = False
+    reference: bool = False
+    seeds: list[pydantic.NonNegativeInt] | None = None
+    settings: list[str] | None = None
+
+
+class _GridFile(pydantic.BaseModel):
+    """The keys of a grid file, type-checked."""
+
+    model_config = _STRICT
+    name: _Label | None = None
+    base: _Label
+    output_dir: str | None = None
+    seeds: list[pydantic.NonNegativeInt] = [0]
+    dense_epochs: pydantic.PositiveInt | None = None
+    set: list[str] = []
+    settings: Annotated[list[_SettingEntry], pydantic.Field(min_length=1)]
+    methods: Annotated[list[_MethodEntry], pydantic.Field(min_length=1)]
 
 
 @dataclass
@@ -80,84 +122,85 @@ def _slug(text: str) -> str:
 
 
 def load_grid(path: str | Path) -> Grid:
-    """Read a grid file and expand it into run specs (dense start runs first)."""
+    """Read a grid file and expand it into run specs (dense start runs first).
+
+    Raises:
+        ConfigError: naming the file and the dotted key, for a bad grid or a bad run config
+            of one of its runs.
+    """
     path = Path(path)
-    data = load_config_file(path)
-    unknown = sorted(set(data) - set(_GRID_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: {', '.join(_GRID_KEYS)}")
-    for key in ("base", "settings", "methods"):
-        if key not in data:
-            raise ConfigError(f"{path}: missing {key!r}")
-    base_path = Path(data["base"])
+    try:
+        grid = _GridFile.model_validate(load_config_file(path))
+    except pydantic.ValidationError as err:
+        raise ConfigError(f"{path}: {validation_message(err, _GridFile)}") from None
+    base_path = Path(grid.base)
     if not base_path.is_absolute() and not base_path.exists():
         base_path = path.parent / base_path
-    base = apply_overrides(load_config_file(base_path), list(data.get("set", [])))
-    name = data.get("name", path.stem)
-    output_dir = Path(data.get("output_dir", f"results/{_slug(name)}"))
-    seeds = [int(s) for s in data.get("seeds", [0])]
-    epochs = int(RunConfig.from_dict(base).train.epochs)
-    dense_epochs = data.get("dense_epochs")
+    base = apply_overrides(load_config_file(base_path), grid.set)
+    name = grid.name or path.stem
+    output_dir = Path(grid.output_dir or f"results/{_slug(name)}")
+    epochs = RunConfig.from_dict(base).train.epochs
+    dense_epochs = grid.dense_epochs
+    labels = [s.label for s in grid.settings]
 
-    dense_runs: dict[str, RunSpec] = {}
-    runs: list[RunSpec] = []
-    all_seeds = sorted({*seeds, *(int(x) for m in data["methods"] for x in m.get("seeds", []))})
-    for seed in all_seeds:
-        if dense_epochs is not None:
+    dense_runs: dict[int, RunSpec] = {}
+    all_seeds = sorted({*grid.seeds, *(x for m in grid.methods for x in m.seeds or [])})
+    if dense_epochs is not None:
+        for seed in all_seeds:
             cfg = apply_overrides(
                 base, ["method=dense", f"seed={seed}", f"train.epochs={dense_epochs}"]
             )
             run_id = f"dense{dense_epochs}ep-s{seed}"
             cfg["name"] = run_id
-            dense_runs[str(seed)] = RunSpec(run_id, "-", "dense start", seed, cfg)
-    for method in data["methods"]:
-        valid = ("label", "set", "from_dense", "reference", "seeds", "settings")
-        unknown = sorted(set(method) - set(valid))
-        if unknown:
+            dense_runs[seed] = RunSpec(run_id, "-", "dense start", seed, cfg)
+    runs: list[RunSpec] = []
+    for i, method in enumerate(grid.methods):
+        where = f"{path}: methods[{i}] ({method.label!r})"
+        remaining = epochs  # the epochs this method trains
+        if method.from_dense:
+            if dense_epochs is None:
+                raise ConfigError(f"{where}: from_dense needs the grid's dense_epochs")
+            if not dense_epochs < epochs:
+                raise ConfigError(f"{path}: dense_epochs must be between 0 and {epochs}")
+            remaining = epochs - dense_epochs
+        missing = sorted(set(method.settings or []) - set(labels))
+        if missing:
             raise ConfigError(
-                f"{path}: method {method.get('label')!r} has unknown key(s) {unknown}; "
-                f"valid: {', '.join(valid)}"
+                f"{where}: settings names unknown settings {missing}; "
+                f"the grid's settings: {', '.join(labels)}"
             )
         # A reference method (dense) does not depend on the setting: one run per seed.
-        settings = [{"label": "reference"}] if method.get("reference") else data["settings"]
-        if "settings" in method:  # only some of the settings
-            labels = [s["label"] for s in data["settings"]]
-            missing = sorted(set(method["settings"]) - set(labels))
-            if missing:
-                raise ConfigError(
-                    f"{path}: method {method['label']!r} names unknown settings {missing}; "
-                    f"the grid's settings: {', '.join(labels)}"
-                )
-            settings = [s for s in settings if s["label"] in method["settings"]]
+        settings = [_SettingEntry(label="reference")] if method.reference else grid.settings
+        if method.settings is not None:  # only some of the settings
+            settings = [s for s in settings if s.label in method.settings]
         for setting in settings:
-            for seed in [int(x) for x in method.get("seeds", seeds)]:
-                sets = [*setting.get("set", []), *method.get("set", []), f"seed={seed}"]
+            for seed in method.seeds if method.seeds is not None else grid.seeds:
+                sets = [*setting.set, *method.set, f"seed={seed}"]
                 needs = None
-                if method.get("from_dense"):
-                    if dense_epochs is None:
-                        raise ConfigError(f"{path}: method {method['label']!r} needs dense_epochs")
-                    if not 0 < int(dense_epochs) < epochs:
-                        raise ConfigError(f"{path}: dense_epochs must be between 0 and {epochs}")
-                    needs = dense_runs[str(seed)].run_id
+                if method.from_dense:
+                    needs = dense_runs[seed].run_id
                     sets += [
-                        f"train.epochs={epochs - int(dense_epochs)}",
+                        f"train.epochs={remaining}",
                         f"train.init_from={output_dir / needs}",
                     ]
                 cfg = apply_overrides(base, sets)
-                run_id = f"{_slug(setting['label'])}-{_slug(method['label'])}-s{seed}"
+                run_id = f"{_slug(setting.label)}-{_slug(method.label)}-s{seed}"
                 cfg["name"] = run_id
-                RunConfig.from_dict(cfg)  # validate early
-                runs.append(RunSpec(run_id, setting["label"], method["label"], seed, cfg, needs))
+                try:
+                    RunConfig.from_dict(cfg)  # validate early
+                except ConfigError as err:
+                    raise ConfigError(f"{where}, setting {setting.label!r}: {err}") from None
+                runs.append(RunSpec(run_id, setting.label, method.label, seed, cfg, needs))
     used = {r.needs for r in runs if r.needs}
     dense_runs = {seed: spec for seed, spec in dense_runs.items() if spec.run_id in used}
     return Grid(
         name=name,
         output_dir=output_dir,
         runs=list(dense_runs.values()) + runs,
-        settings=[s["label"] for s in data["settings"]],
-        methods=[m["label"] for m in data["methods"]],
-        seeds=seeds,
-        dense_runs=dense_runs,
+        settings=labels,
+        methods=[m.label for m in grid.methods],
+        seeds=list(grid.seeds),
+        dense_runs={str(seed): spec for seed, spec in dense_runs.items()},
     )
 
 

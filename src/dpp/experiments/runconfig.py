@@ -73,6 +73,7 @@ __all__ = [
     "load_config_file",
     "load_run_config",
     "parse_value",
+    "validation_message",
 ]
 
 METHODS = ("dpp", "dense")
@@ -366,7 +367,7 @@ class RunConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except pydantic.ValidationError as err:
-            raise ConfigError(_format_errors(err)) from None
+            raise ConfigError(validation_message(err, cls)) from None
 
     def dpp_config(self, steps_per_epoch: int) -> dpp.DPPConfig:
         """The :class:`dpp.DPPConfig` of this run, with epoch-based schedules in steps."""
@@ -401,16 +402,30 @@ def _dotted(loc: tuple[Any, ...], error: dict[str, Any] | None = None) -> str:
 
 
 def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class that validates the mapping at ``loc`` below ``root``."""
-    cls: Any = root
+    """The model class that validates the mapping at ``loc`` below ``root`` (through fields,
+    list items and dict values)."""
+    hint: Any = root
     for part in loc:
-        field = getattr(cls, "model_fields", {}).get(part)
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
+        hint = _without_none(hint)
+        origin = typing.get_origin(hint)
+        if isinstance(hint, type) and issubclass(hint, BaseModel) and part in hint.model_fields:
+            hint = hint.model_fields[part].annotation
+        elif origin is list and isinstance(part, int):
+            hint = get_args(hint)[0]
+        elif origin is dict:
+            hint = get_args(hint)[1]
+        else:
             return None
-        cls = field.annotation
-    return cls
+    hint = _without_none(hint)
+    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+
+def _without_none(hint: Any) -> Any:
+    """``X`` for ``X | None``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [a for a in get_args(hint) if a is not type(None)]
+        return members[0] if len(members) == 1 else hint
+    return hint
 
 
 def _message(error: dict[str, Any], root: type[BaseModel] = BaseModel, where: str = "") -> str:
@@ -422,7 +437,7 @@ def _message(error: dict[str, Any], root: type[BaseModel] = BaseModel, where: st
     if kind == "extra_forbidden":
         model = _model_at(root, error["loc"][:-1])
         valid = list(model.model_fields) if model is not None else []
-        section = ".".join([where, *map(str, error["loc"][:-1])]).strip(".")
+        section = ".".join(p for p in (where, _dotted(error["loc"][:-1])) if p)
         return (
             f"unknown key{suggest(str(error['loc'][-1]), valid)}; "
             f"valid keys {f'in [{section}]' if section else 'at the top level'}: "
@@ -456,11 +471,12 @@ def _message(error: dict[str, Any], root: type[BaseModel] = BaseModel, where: st
     return f"{error['msg']}, got {value!r}"
 
 
-def _format_errors(err: pydantic.ValidationError) -> str:
+def validation_message(err: pydantic.ValidationError, root: type[BaseModel]) -> str:
+    """A pydantic error of ``root`` in words, one ``dotted.key: what is wrong`` per fault."""
     lines = []
     for error in err.errors():
         key = _dotted(error["loc"], error)
-        lines.append(f"{key}: {_message(error, RunConfig)}" if key else _message(error))
+        lines.append(f"{key}: {_message(error, root)}" if key else _message(error))
     return "; ".join(dict.fromkeys(lines))
 
 
