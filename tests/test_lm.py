@@ -180,7 +180,7 @@ def test_mask_only_dpp_leaves_the_pretrained_weights_unchanged(tmp_path, source_
 
 def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tree, capsys):
     """`python -m dpp.experiments.lm grid` runs methods x swept values x seeds, resumes, and
-    its table reports each method at its lowest-loss setting."""
+    its table reports each method at the setting with the lowest loss on the tuning windows."""
     from dpp.experiments.lm.__main__ import main
     from dpp.experiments.lm.grid import grid_runs, results_table
 
@@ -198,7 +198,7 @@ def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tre
     assert main(["grid", str(grid)]) == 0
     results = {d.name: json.loads((d / "result.json").read_text()) for d, _ in runs}
     table = results_table(grid)
-    dense_rows = {n: r["val_loss"] for n, r in results.items() if n.startswith("dense")}
+    dense_rows = {n: r["tune_loss"] for n, r in results.items() if n.startswith("dense")}
     low = min(
         ("lr-0.0001", "lr-0.01"), key=lambda s: sum(v for n, v in dense_rows.items() if s in n)
     )

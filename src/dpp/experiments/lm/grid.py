@@ -15,7 +15,8 @@ A grid file names the dense run, the pattern, the budget and the seeds, then one
 
 Every run has its own directory (skipped once its ``result.json`` exists), so a grid
 resumes where it stopped. The table picks, per method, the setting with the lowest mean
-validation loss and reports it over the seeds.
+loss on the tuning windows (validation windows after the reported ones) and reports its
+validation loss over the seeds.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def results_table(grid: str | Path) -> str:
     best: dict[str, tuple[str, list[dict]]] = {}
     for (name, _), settings in groups.items():
         setting, results = min(
-            settings.items(), key=lambda kv: statistics.mean(r["val_loss"] for r in kv[1])
+            settings.items(), key=lambda kv: statistics.mean(r["tune_loss"] for r in kv[1])
         )
         best[name] = (setting, results)
     dense = best.get("dense")

@@ -109,6 +109,9 @@ def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]
     model, pcfg = load_dense(cfg.dense_dir)
     corpus = prepare(pcfg.corpus, Path(pcfg.data_dir) / pcfg.corpus)
     windows = val_windows(corpus.val, seq=pcfg.spec.seq, windows=pcfg.eval_windows)
+    tune_windows = val_windows(
+        corpus.val, seq=pcfg.spec.seq, windows=pcfg.eval_windows, offset=len(windows)
+    )
     calib = calibration_set(corpus, pcfg)
     base = cfg.method.removesuffix("+ft")
     pruner = None
@@ -161,6 +164,7 @@ def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]
                 pruner.step()
         step_seconds = (time.perf_counter() - t0) / max(cfg.steps, 1)
     metrics = evaluate(model, windows)
+    metrics["tune_loss"] = evaluate(model, tune_windows)["val_loss"]
     if pruner is not None:
         model.eval()
         for name, mask in pruner.masks().items():
