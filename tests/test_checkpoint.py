@@ -14,9 +14,11 @@ from dpp.experiments.checkpoint import (
     atomic_write_bytes,
     capture_rng,
     load_checkpoint,
+    load_weights,
     remove_stale_temp_files,
     restore_rng,
     save_checkpoint,
+    save_weights,
 )
 from dpp.experiments.errors import CheckpointError, RunDirError
 
@@ -55,8 +57,9 @@ def ckpt(tmp_path: Path) -> Path:
 
 def assert_damaged(path: Path, *words: str) -> None:
     """Loading ``path`` fails with a CheckpointError naming the file, the fault and the fix."""
+    load = load_weights if path.suffix == ".safetensors" else load_checkpoint
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(path)
+        load(path)
     message = str(err.value)
     assert str(path) in message and "Delete it" in message and "earlier copy" in message
     for word in words:
@@ -152,3 +155,23 @@ def test_stale_temp_files_are_removed(tmp_path: Path):
     removed = remove_stale_temp_files(tmp_path)
     assert sorted(p.name for p in removed) == [".checkpoint.pt.k3j2.tmp", ".metrics.jsonl.abcd.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "notes.tmp.txt"]
+
+
+# ------------------------------------------------------------------ model.safetensors
+def test_weights_file_loads_with_safetensors_and_verifies(tmp_path: Path):
+    """save_weights writes plain safetensors (digests in the metadata); load_weights checks."""
+    from safetensors.torch import load_file
+
+    path = tmp_path / "model.safetensors"
+    state = {"fc.weight": MARKER.reshape(64, 64), "fc.bias": torch.zeros(64)}
+    save_weights(path, state)
+    assert all(torch.equal(load_file(str(path))[k], v) for k, v in state.items())
+    assert all(torch.equal(load_weights(path)[k], v) for k, v in state.items())
+
+    data = bytearray(path.read_bytes())
+    at = data.find(MARKER.numpy().tobytes()[:64])
+    data[at + 3] ^= 0x40
+    path.write_bytes(bytes(data))
+    assert_damaged(path, "damaged", "fc.weight")
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    assert_damaged(path, "could not be read")

@@ -20,7 +20,7 @@ import dpp
 from digits_runs import digits, subprocess_env, write_config
 from dpp.experiments.checkpoint import load_checkpoint
 from dpp.experiments.data import load_dataset
-from dpp.experiments.errors import ResumeError
+from dpp.experiments.errors import CheckpointError, ConfigError, ResumeError
 from dpp.experiments.models import create_model, num_parameters
 from dpp.experiments.runconfig import RunConfig, load_run_config
 from dpp.experiments.trainer import DistContext, _check_world_size, evaluate, train
@@ -372,7 +372,8 @@ def test_no_checkpoint_when_disabled(tmp_path: Path):
 # ------------------------------------------------------------------ init_from, validation
 @pytest.mark.slow
 def test_init_from_dense_run_starts_from_its_weights(tmp_path: Path):
-    """train.init_from (a dense run directory or its checkpoint) loads the dense weights."""
+    """train.init_from (a dense run directory or its checkpoint) loads the dense weights,
+    verified: a missing or damaged source is an error before the run directory exists."""
     dense_dir = tmp_path / "dense"
     train(digits_config(tmp_path, "method=dense"), run_dir=dense_dir, quiet=True)
     dense_weights = load_file(str(dense_dir / "model.safetensors"))
@@ -386,6 +387,18 @@ def test_init_from_dense_run_starts_from_its_weights(tmp_path: Path):
         state = start.model.state_dict()
         for key, value in dense_weights.items():
             assert torch.equal(state[key], value), (source, key)
+
+    # a missing source names the key; a damaged model.safetensors is refused, no run written
+    cfg = digits_config(tmp_path, f"train.init_from={tmp_path / 'nowhere'}")
+    with pytest.raises(ConfigError, match=r"train\.init_from = .*nowhere"):
+        train(cfg, run_dir=tmp_path / "bad", quiet=True)
+    weights = dense_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x40
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is damaged"):
+        train(digits_config(tmp_path, f"train.init_from={dense_dir}"), run_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

@@ -32,9 +32,11 @@ __all__ = [
     "atomic_write_text",
     "capture_rng",
     "load_checkpoint",
+    "load_weights",
     "remove_stale_temp_files",
     "restore_rng",
     "save_checkpoint",
+    "save_weights",
     "write_json",
 ]
 
@@ -206,6 +208,54 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {path} is damaged: {shown} no longer match the digests recorded when "
             f"it was written. {_WHAT_TO_DO}"
+        )
+    return state
+
+
+# ----------------------------------------------------------------------------- weights
+WEIGHTS_FORMAT = "dpp-finalized/1"
+
+
+def save_weights(path: str | os.PathLike[str], state: dict[str, torch.Tensor]) -> None:
+    """Write a state dict as safetensors, atomically, with the SHA-256 of every tensor in its
+    metadata (``model.safetensors`` of a run: loads with ``safetensors.torch.load_file``)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    digests = json.dumps({k: _tensor_digest(v) for k, v in tensors.items()}, sort_keys=True)
+    metadata = {"format": WEIGHTS_FORMAT, "sha256": digests}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a file written by :func:`save_weights` and verify every tensor's digest.
+
+    Raises:
+        RunDirError: the file does not exist.
+        CheckpointError: naming the file, when it cannot be read or a tensor is damaged,
+            missing or added.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+        recorded = json.loads(metadata["sha256"])
+    except Exception as err:
+        raise CheckpointError(
+            f"weights file {path} could not be read or has no digests ({type(err).__name__}: "
+            f"{err}): it is truncated, damaged or not written by dpp train. {_WHAT_TO_DO}"
+        ) from None
+    actual = {k: _tensor_digest(v) for k, v in state.items()}
+    damaged = sorted(k for k in recorded.keys() | actual.keys() if recorded.get(k) != actual.get(k))
+    if damaged:
+        raise CheckpointError(
+            f"weights file {path} is damaged: {', '.join(damaged[:3])} no longer match the "
+            f"digests recorded when it was written. {_WHAT_TO_DO}"
         )
     return state
 

@@ -34,13 +34,14 @@ from dpp.bake import bake
 from dpp.storage import storage_report
 
 from .checkpoint import (
-    atomic_write,
     atomic_write_text,
     capture_rng,
     load_checkpoint,
+    load_weights,
     remove_stale_temp_files,
     restore_rng,
     save_checkpoint,
+    save_weights,
     write_json,
 )
 from .data import BatchLoader, Splits, TensorDataset, default_augmentation, load_dataset
@@ -253,17 +254,27 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _saved_config(path: Path, checkpoint: dict[str, Any]) -> RunConfig:
+    """The run config a checkpoint holds (a :class:`ConfigError` naming the checkpoint)."""
+    try:
+        return RunConfig.from_dict(checkpoint["config"])
+    except ConfigError as err:
+        raise ConfigError(f"checkpoint {path}: its saved run config is not valid: {err}") from None
+
+
 def _load_init(model: nn.Module, source: str) -> None:
-    """Load dense weights from a run directory (model.safetensors or checkpoint) or a file."""
+    """Load dense weights from a run directory (model.safetensors or checkpoint) or a file;
+    both are verified against their digests."""
     path = Path(source)
     if path.is_dir() and (path / "model.safetensors").is_file():
         path = path / "model.safetensors"
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = load_checkpoint(resolve_checkpoint(path))["model"]
+    try:
+        if path.suffix == ".safetensors":
+            state = load_weights(path)
+        else:
+            state = load_checkpoint(resolve_checkpoint(path))["model"]
+    except RunDirError as err:
+        raise ConfigError(f"train.init_from = {source}: {err}") from None
     state = {k: v for k, v in state.items() if ".dpp." not in k and ".dpp_act." not in k}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -358,7 +369,7 @@ def train(
     if resume is not None:
         ckpt_path = resolve_checkpoint(resume)
         checkpoint = load_checkpoint(ckpt_path)
-        cfg = RunConfig.from_dict(checkpoint["config"])
+        cfg = _saved_config(ckpt_path, checkpoint)
         run_dir = ckpt_path.parent if run_dir is None else run_dir
     if cfg is None:
         raise ValueError("train() needs a RunConfig or resume=")
@@ -701,13 +712,7 @@ def _finish(
     elif getattr(method, "finalize", None) is not None:
         final_model = method.finalize()  # type: ignore[attr-defined]
     if ctx.main and out_dir is not None:
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in final_model.state_dict().items()}
-        atomic_write(
-            out_dir / "model.safetensors",
-            lambda tmp: save_file(state, str(tmp), metadata={"format": "dpp-finalized/1"}),
-        )
+        save_weights(out_dir / "model.safetensors", final_model.state_dict())
         write_json(out_dir / "summary.json", summary)
         with open(out_dir / "metrics.jsonl", "a") as fh:
             fh.write(
@@ -746,7 +751,7 @@ def load_run(
     torch_device = _device(device, DistContext(), key="--device")
     ckpt_path = resolve_checkpoint(path)
     checkpoint = load_checkpoint(ckpt_path)
-    cfg = RunConfig.from_dict(checkpoint["config"])
+    cfg = _saved_config(ckpt_path, checkpoint)
     splits = None
     if load_data:
         splits = load_dataset(
