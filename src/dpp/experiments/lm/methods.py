@@ -55,16 +55,26 @@ class MaskRunConfig:
     method: str
     k: int = 2
     m: int = 4
-    prior: str = "wanda"
     steps: int = 500
+    """Optimizer steps of the mask phase (0 tokens for the one-shot methods)."""
     batch: int = 16
-    lr: float = 3e-4
-    logit_lr: float = 5e-2
-    noise_scale: float = 0.3
-    temperature: float = 1.0
-    prior_strength: float = 3.0
-    entropy_weight: float = 0.0
+    """Windows per step."""
     seed: int = 0
+    """Data order (the same windows in the same order for every method) and DPP's noise."""
+    lr: float = 3e-4
+    """Peak learning rate of the weights."""
+    prior: str = "wanda"
+    """DPP's logit initialisation: normal, magnitude, wanda or sparsegpt."""
+    logit_lr: float = 5e-2
+    """Peak learning rate of DPP's logits."""
+    noise_scale: float = 0.3
+    """DPP's Gumbel noise scale at the start; cosine-annealed to 0 over the steps."""
+    temperature: float = 1.0
+    """Temperature of the relaxed backward."""
+    prior_strength: float = 3.0
+    """Scale of the z-scored prior in the initial logits (``logit_init_std``)."""
+    entropy_weight: float = 0.0
+    """Entropy penalty of the logits."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

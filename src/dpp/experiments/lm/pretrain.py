@@ -39,19 +39,33 @@ class PretrainConfig:
     """Settings of the dense pretraining run (serialised to ``config.json``)."""
 
     corpus: str = "cpython-stdlib"
+    """Corpus name (:data:`~dpp.experiments.lm.corpus.CORPORA`)."""
     data_dir: str = "runs/lm/data"
+    """Where the prepared corpus is kept (one subdirectory per corpus)."""
     spec: ModelSpec = field(default_factory=ModelSpec)
-    steps: int = 4900
-    batch: int = 16
-    lr: float = 3e-3
-    warmup: int = 100
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
+    """Shape of the model."""
     seed: int = 0
+    """Initialisation and data order."""
+    steps: int = 4900
+    """Optimizer steps (20M tokens with the defaults: 22 per parameter)."""
+    batch: int = 16
+    """Windows per step."""
+    lr: float = 3e-3
+    """Peak learning rate of AdamW."""
+    warmup: int = 100
+    """Steps of linear warmup before the cosine decay."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    weight_decay: float = 0.1
+    """AdamW weight decay of the matrices (not of norms and biases)."""
     eval_windows: int = 256
+    """Validation windows of the reported loss."""
     gap_every: int = 700
+    """Steps between measurements of the one-shot 2:4 gap."""
     checkpoint_every: int = 50
+    """Steps between checkpoints."""
     calibration_batches: int = 8
+    """Batches of training windows the one-shot methods calibrate on."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
