@@ -99,7 +99,7 @@ def test_a_truncated_file_is_caught(tmp_path):
     path = tmp_path / "m.safetensors"
     dpp.save_masks(model, path)
     path.write_bytes(path.read_bytes()[:-40])
-    with pytest.raises(MaskFileError, match="m.safetensors"):
+    with pytest.raises(MaskFileError, match=r"m\.safetensors"):
         dpp.load_masks(_mlp(), path)
 
 
@@ -109,7 +109,7 @@ def test_another_architecture_is_refused(tmp_path):
     dpp.prune(model, granularity="block", block_size=4, k=2)
     path = tmp_path / "m.safetensors"
     dpp.save_masks(model, path)
-    with pytest.raises(MaskFileError, match="'2'.*another architecture"):
+    with pytest.raises(MaskFileError, match=r"'2'.*another architecture"):
         dpp.load_masks(nn.Sequential(nn.Linear(784, 64)), path)
     with pytest.raises(MaskFileError, match="weight shape"):
         dpp.load_masks(nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 16)), path)
