@@ -9,17 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpp.experiments.checkpoint import (
-    CHECKPOINT_KEYS,
-    atomic_write_bytes,
-    capture_rng,
-    load_checkpoint,
-    load_weights,
-    remove_stale_temp_files,
-    restore_rng,
-    save_checkpoint,
-    save_weights,
-)
+from dpp.experiments import checkpoint as ck
 from dpp.experiments.errors import CheckpointError, RunDirError
 
 # A tensor whose bytes occur nowhere else in the file, so a test can find and flip them.
@@ -33,14 +23,14 @@ def make_state() -> dict:
     model(torch.ones(2, 4)).sum().backward()
     opt.step()
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[1, 3])
-    state = {key: 0 for key in CHECKPOINT_KEYS}
+    state = {key: 0 for key in ck.CHECKPOINT_KEYS}
     state.update(
         config={"name": "x", "train": {"lr": 0.1, "lr_milestones": [1, 3]}, "pruning": {}},
         model={**model.state_dict(), "marker": MARKER.clone()},
         optimizer=[opt.state_dict()],
         schedulers=[sched.state_dict()],
         method={"pruner": {"step": 7, "config": {"density": 0.1}}},
-        rng=[capture_rng()],
+        rng=[ck.capture_rng()],
         epoch=1,
         step=27,
         history=[{"event": "epoch", "epoch": 1, "test_acc": 0.5}],
@@ -51,13 +41,13 @@ def make_state() -> dict:
 @pytest.fixture
 def ckpt(tmp_path: Path) -> Path:
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, make_state())
+    ck.save_checkpoint(path, make_state())
     return path
 
 
 def assert_damaged(path: Path, *words: str) -> None:
     """Loading ``path`` fails with a CheckpointError naming the file, the fault and the fix."""
-    load = load_weights if path.suffix == ".safetensors" else load_checkpoint
+    load = ck.load_weights if path.suffix == ".safetensors" else ck.load_checkpoint
     with pytest.raises(CheckpointError) as err:
         load(path)
     message = str(err.value)
@@ -69,20 +59,20 @@ def assert_damaged(path: Path, *words: str) -> None:
 def test_round_trip_and_plain_weights_only_load(ckpt: Path):
     """A checkpoint loads back equal, and torch.load(weights_only=True) reads it as well."""
     state = make_state()
-    loaded = load_checkpoint(ckpt)
+    loaded = ck.load_checkpoint(ckpt)
     assert loaded["epoch"] == 1 and loaded["step"] == 27
     assert loaded["config"] == state["config"] and loaded["history"] == state["history"]
     assert torch.equal(loaded["model"]["marker"], MARKER)
     assert loaded["schedulers"][0]["milestones"] == state["schedulers"][0]["milestones"]
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert set(raw) >= set(CHECKPOINT_KEYS) | {"digests", "format"}
+    assert set(raw) >= set(ck.CHECKPOINT_KEYS) | {"digests", "format"}
 
 
 def test_restored_rng_states_repeat_the_same_draws():
     """capture_rng/restore_rng (through a checkpoint) replay torch, numpy and random draws."""
-    state = capture_rng()
+    state = ck.capture_rng()
     first = (torch.rand(3), np.random.rand(3), random.random())
-    restore_rng(state)
+    ck.restore_rng(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0])
     assert np.array_equal(first[1], again[1]) and first[2] == again[2]
@@ -143,16 +133,16 @@ def test_other_files_are_not_checkpoints(tmp_path: Path):
     text.write_text("hello")
     assert_damaged(text, "could not be read")
     with pytest.raises(RunDirError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pt")
+        ck.load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_stale_temp_files_are_removed(tmp_path: Path):
     """Temp files of an interrupted atomic write are removed; every other file stays."""
-    atomic_write_bytes(tmp_path / "checkpoint.pt", b"done")
+    ck.atomic_write_bytes(tmp_path / "checkpoint.pt", b"done")
     (tmp_path / ".checkpoint.pt.k3j2.tmp").write_bytes(b"half")
     (tmp_path / ".metrics.jsonl.abcd.tmp").write_bytes(b"")
     (tmp_path / "notes.tmp.txt").write_text("mine")
-    removed = remove_stale_temp_files(tmp_path)
+    removed = ck.remove_stale_temp_files(tmp_path)
     assert sorted(p.name for p in removed) == [".checkpoint.pt.k3j2.tmp", ".metrics.jsonl.abcd.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "notes.tmp.txt"]
 
@@ -164,9 +154,9 @@ def test_weights_file_loads_with_safetensors_and_verifies(tmp_path: Path):
 
     path = tmp_path / "model.safetensors"
     state = {"fc.weight": MARKER.reshape(64, 64), "fc.bias": torch.zeros(64)}
-    save_weights(path, state)
+    ck.save_weights(path, state)
     assert all(torch.equal(load_file(str(path))[k], v) for k, v in state.items())
-    assert all(torch.equal(load_weights(path)[k], v) for k, v in state.items())
+    assert all(torch.equal(ck.load_weights(path)[k], v) for k, v in state.items())
 
     data = bytearray(path.read_bytes())
     at = data.find(MARKER.numpy().tobytes()[:64])

@@ -236,16 +236,16 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             missing or added.
     """
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise RunDirError(f"weights file {path} does not exist")
     try:
+        state = load_file(str(path))
         with safe_open(str(path), framework="pt") as fh:
-            metadata = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
-        recorded = json.loads(metadata["sha256"])
-    except Exception as err:
+            recorded = json.loads((fh.metadata() or {})["sha256"])
+    except Exception as err:  # safetensors' own errors, a missing or unparsable digest entry
         raise CheckpointError(
             f"weights file {path} could not be read or has no digests ({type(err).__name__}: "
             f"{err}): it is truncated, damaged or not written by dpp train. {_WHAT_TO_DO}"
