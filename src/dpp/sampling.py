@@ -30,9 +30,8 @@ Every quantity lives in a bounded frame, so that no data-dependent branch is nee
 
 The forward takes one sorted ``topk`` of ``z`` and the backward reuses its values and
 indices: no sort, no second top-k, no recomputation of the noise. :class:`_GumbelTopK` is
-one autograd Function from the logits (and the noise) to the mask. Ties among equal scores
-are ordered as ``torch.topk`` orders them, in the forward, the backward and
-:func:`relaxed_topk_reference` alike.
+one autograd Function from the logits (and the noise) to the mask. Equal scores are ranked
+by index (the lower first), in both paths and in :func:`relaxed_topk_reference` alike.
 """
 
 from __future__ import annotations
@@ -77,44 +76,48 @@ def _bulk(z: Tensor, top_z: Tensor, top_idx: Tensor, inv_tau: float) -> Tensor:
 
 
 def _top_small(
-    top_z: Tensor, inv_tau: float, rest: Tensor, g_top: Tensor | None, g_rest: Tensor | None
-) -> tuple[Tensor, Tensor | None]:
-    """Top-k coefficients by an elementwise recursion over the k columns (small groups).
+    top: list[Tensor],
+    inv_tau: float,
+    rest: Tensor,
+    g_top: list[Tensor] | None,
+    g_rest: Tensor | None,
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """Top-k coefficients by an elementwise recursion over the k ranks (small groups).
 
-    With ``a_i = exp(t_{i+1} - t_i)``, ``X_i = D_i / e^{t_i}`` (in [1, n]) and
+    ``top`` holds the sorted top-k scores ``z_(1) >= ... >= z_(k)``, one tensor per rank
+    (all of one shape, e.g. ``[G]``), ``rest`` the bulk's ``R`` and ``g_top`` / ``g_rest``
+    the incoming gradient at the top k and ``sum g u`` outside it. With
+    ``a_i = exp(t_{i+1} - t_i) <= 1``, ``X_i = D_i / e^{t_i}`` (in [1, n]) and
     ``Y_m = e^{t_m} C_m`` (in (0, k]): ``X_k = 1 + R``, ``X_i = 1 + a_i X_{i+1}``,
     ``Y_1 = 1 / X_1``, ``Y_m = a_{m-1} Y_{m-1} + 1 / X_m``; likewise ``Ahat_i`` and
     ``B_m = e^{t_m} sum_{i <= m} Ahat_i / D_i``, ``beta_m = B_m / Y_m``.
 
-    Returns (relaxed values of ranks 1..k, ``Y``, ``[..., k]``; ``beta`` ``[..., k]`` or
-    ``None`` when no gradient is given).
+    Returns (``Y``: the relaxed values of ranks 1..k, the last one also the coefficient of
+    every candidate outside the top k; ``beta`` per rank, or ``None`` without ``g_top``).
     """
-    k = top_z.shape[-1]
-    cols = [top_z[..., i : i + 1] for i in range(k)]
-    a = [torch.sub(cols[i + 1], cols[i]).mul_(inv_tau).exp_() for i in range(k - 1)]
+    k = len(top)
+    a = [torch.sub(top[i + 1], top[i]).mul_(inv_tau).exp_() for i in range(k - 1)]
     x: list[Tensor] = [rest] * k
     x[k - 1] = rest + 1.0
     ahat: list[Tensor] = [rest] * k
     if g_top is not None:
         assert g_rest is not None
-        ahat[k - 1] = (g_top[..., k - 1 :] + g_rest) / x[k - 1]
+        ahat[k - 1] = (g_top[k - 1] + g_rest).div_(x[k - 1])
     for i in range(k - 2, -1, -1):
         ax = a[i] * x[i + 1]
         x[i] = ax + 1.0
         if g_top is not None:
-            ahat[i] = torch.addcmul(g_top[..., i : i + 1], ax, ahat[i + 1]) / x[i]
+            ahat[i] = torch.addcmul(g_top[i], ax, ahat[i + 1]).div_(x[i])
     inv_x = [xi.reciprocal() for xi in x]
     y = [inv_x[0]]
     for m in range(1, k):
         y.append(torch.addcmul(inv_x[m], a[m - 1], y[m - 1]))
-    soft_top = torch.cat(y, dim=-1) if k > 1 else y[0]
     if g_top is None:
-        return soft_top, None
+        return y, None
     b = [ahat[0] * inv_x[0]]
     for m in range(1, k):
         b.append(torch.addcmul(ahat[m] * inv_x[m], a[m - 1], b[m - 1]))
-    beta = torch.cat(b, dim=-1) if k > 1 else b[0]
-    return soft_top, beta.div_(soft_top)
+    return y, [bm.div_(ym) for bm, ym in zip(b, y)]
 
 
 def _top_vectorised(
@@ -142,20 +145,12 @@ def _top_vectorised(
     return soft_top.to(rest.dtype), beta.to(rest.dtype)
 
 
-def _top_coefficients(
-    n: int, top_z: Tensor, inv_tau: float, rest: Tensor, g_top: Tensor | None, g_rest: Tensor | None
-) -> tuple[Tensor, Tensor | None]:
-    if n <= SMALL_GROUP_MAX_N:
-        return _top_small(top_z, inv_tau, rest, g_top, g_rest)
-    return _top_vectorised(top_z, inv_tau, rest, g_top, g_rest)
-
-
 def _relaxed_values(z: Tensor, top_z: Tensor, top_idx: Tensor, tau: float) -> Tensor:
     """The relaxed k-hot vector of scores ``z`` with sorted top-k ``(top_z, top_idx)``."""
     inv_tau = 1.0 / tau
     u = _bulk(z, top_z, top_idx, inv_tau)
     rest = u.sum(-1, keepdim=True)
-    soft_top, _ = _top_coefficients(z.shape[-1], top_z, inv_tau, rest, None, None)
+    soft_top, _ = _top_vectorised(top_z, inv_tau, rest, None, None)
     return u.mul_(soft_top[..., -1:]).scatter_(-1, top_idx, soft_top)
 
 
@@ -168,12 +163,22 @@ def _relaxed_grad(z: Tensor, top_z: Tensor, top_idx: Tensor, tau: float, grad: T
     rest = u.sum(-1, keepdim=True)
     g_rest = gu.sum(-1, keepdim=True)
     g_top = g.gather(-1, top_idx)
-    soft_top, beta = _top_coefficients(z.shape[-1], top_z, inv_tau, rest, g_top, g_rest)
+    soft_top, beta = _top_vectorised(top_z, inv_tau, rest, g_top, g_rest)
     assert beta is not None
     # Outside the top k: soft_j (g_j - beta_k) / tau, with soft_j = u_j Y_k.
     out = torch.addcmul(gu, u, beta[..., -1:], value=-1.0).mul_(soft_top[..., -1:] * inv_tau)
     top_grad = (g_top - beta).mul_(soft_top).mul_(inv_tau)
     return out.scatter_(-1, top_idx, top_grad)
+
+
+def _lowest_index_first(top_z: Tensor, top_idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted top-k ``(values, indices)`` with equal values ordered by index, as the
+    small-group path and :func:`relaxed_topk_reference` order them (``torch.topk`` does not
+    promise an order among ties). Two sorts of ``[..., k]``."""
+    idx, perm = top_idx.sort(dim=-1)
+    _, order = top_z.gather(-1, perm).sort(dim=-1, descending=True, stable=True)
+    idx = idx.gather(-1, order)
+    return top_z, idx
 
 
 class _GumbelTopK(torch.autograd.Function):
@@ -200,7 +205,7 @@ class _GumbelTopK(torch.autograd.Function):
         if noise is not None:
             z = torch.add(z, noise.to(z.dtype), alpha=noise_scale)
         if held is None:
-            top_z, top_idx = z.topk(k, dim=-1, sorted=True)
+            top_z, top_idx = _lowest_index_first(*z.topk(k, dim=-1, sorted=True))
         else:
             top_idx = held
             top_z = z.gather(-1, held)
@@ -215,6 +220,128 @@ class _GumbelTopK(torch.autograd.Function):
         z, top_z, top_idx = ctx.saved_tensors
         grad_z = _relaxed_grad(z, top_z, top_idx, ctx.tau, grad)
         return grad_z.to(grad.dtype), None, None, None, None, None, None
+
+
+def _pairwise_ranks(zr: Tensor) -> Tensor:
+    """Descending rank of every candidate, ``[n, G]`` uint8, from the rows of ``zr``
+    ``[n, G]``: candidate l outranks j when ``z_l > z_j``, or ``z_l == z_j`` and ``l < j``."""
+    n = zr.shape[0]
+    ranks = torch.zeros(zr.shape, dtype=torch.uint8, device=zr.device)
+    for j in range(n):
+        for l in range(j + 1, n):
+            beaten = torch.gt(zr[l], zr[j])
+            ranks[j].add_(beaten)
+            ranks[l].add_(beaten.logical_not_())
+    return ranks
+
+
+def _ranks_of_held(held: Tensor, n: int) -> Tensor:
+    """Ranks ``[n, G]`` uint8 of held indices ``[G, k]`` (ranks 0..k-1; k for the rest)."""
+    k = held.shape[-1]
+    ranks = torch.full((held.shape[0], n), k, dtype=torch.uint8, device=held.device)
+    order = torch.arange(k, dtype=torch.uint8, device=held.device).expand_as(held)
+    return ranks.scatter_(-1, held, order).t().contiguous()
+
+
+def _small_pieces(
+    zr: Tensor, ranks: Tensor, k: int, inv_tau: float, gr: Tensor | None
+) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor] | None, list[Tensor]]:
+    """Row-layout pieces of the relaxation of small groups.
+
+    Args:
+        zr: ``[n, G]`` scores; ranks: ``[n, G]`` their ranks; gr: ``[n, G]`` incoming
+            gradient, contiguous (or ``None`` for the values only).
+
+    Returns ``u = exp(min(z - z_(k), 0) / tau)`` ``[n, G]`` (1 at the top k), the one-hot
+    rows ``E_m`` of ranks ``m < k - 1`` (float ``[n, G]``), ``Y`` and ``beta`` of ranks 1..k
+    (``[G]`` each; ``beta`` ``None`` without ``gr``) and the gradient at ranks 1..k-1.
+    """
+    one_hot = [torch.eq(ranks, m, out=torch.empty_like(zr)) for m in range(k)]
+    top = [torch.mul(zr, e).sum(0) for e in one_hot]  # z_(1) >= ... >= z_(k), [G] each
+    u = torch.sub(zr, top[-1]).clamp_(max=0.0).mul_(inv_tau).exp_()
+    # The top k contribute exactly 1 each to sum(u).
+    rest = u.sum(0).sub_(float(k)).clamp_(min=0.0)
+    g_top: list[Tensor] = []
+    g_rest = None
+    if gr is not None:
+        g_top = [torch.mul(gr, e).sum(0) for e in one_hot]
+        g_rest = torch.mul(gr, u).sum(0)
+        for g_m in g_top:
+            g_rest.sub_(g_m)
+    y, beta = _top_small(top, inv_tau, rest, g_top if gr is not None else None, g_rest)
+    return u, one_hot[: k - 1], y, beta, g_top[: k - 1]
+
+
+class _GumbelTopKSmall(torch.autograd.Function):
+    """:class:`_GumbelTopK` for groups of at most ``SMALL_GROUP_MAX_N`` candidates.
+
+    Works on the transposed ``[n, G]`` layout, where every operation is a contiguous
+    elementwise pass over the groups: the top k by pairwise comparisons (ranks, ties to the
+    lower index), and the relaxation as ``soft_j = u_j Y_k + sum_{m < k} E_mj (Y_m - Y_k)``
+    with the recursion of :func:`_top_small`. No top-k, sort, scatter or float64.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        logits: Tensor,
+        noise: Tensor | None,
+        noise_scale: float,
+        k: int,
+        tau: float,
+        hard: bool,
+        held: Tensor | None,
+    ) -> Tensor:
+        shape = logits.shape
+        n = shape[-1]
+        flat = logits.reshape(-1, n)
+        zr = torch.empty((n, flat.shape[0]), dtype=_compute_dtype(logits.dtype), device=flat.device)
+        if noise is not None:
+            torch.add(flat.t(), noise.reshape(-1, n).t(), alpha=noise_scale, out=zr)
+        else:
+            zr.copy_(flat.t())
+        ranks = _pairwise_ranks(zr) if held is None else _ranks_of_held(held.reshape(-1, k), n)
+        ctx.save_for_backward(zr, ranks)
+        ctx.k, ctx.tau, ctx.shape = k, tau, shape
+        if hard:
+            mask = torch.lt(ranks, k).t()
+            return mask.to(logits.dtype, memory_format=torch.contiguous_format).reshape(shape)
+        u, one_hot, y, _, _ = _small_pieces(zr, ranks, k, 1.0 / tau, None)
+        soft = u.mul_(y[-1])
+        for m, e in enumerate(one_hot):
+            soft.addcmul_(e, y[m] - y[-1])
+        return soft.t().to(logits.dtype, memory_format=torch.contiguous_format).reshape(shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        zr, ranks = ctx.saved_tensors
+        k, inv_tau, shape = ctx.k, 1.0 / ctx.tau, ctx.shape
+        n = shape[-1]
+        gr = grad.reshape(-1, n).t().to(zr.dtype, memory_format=torch.contiguous_format, copy=True)
+        u, one_hot, y, beta, g_top = _small_pieces(zr, ranks, k, inv_tau, gr)
+        assert beta is not None
+        # Rank k and the rest: u_j Y_k (g_j - beta_k) / tau; ranks m < k add E_m K_m, where
+        # K_m = (Y_m (g_(m) - beta_m) - Y_k (g_(m) - beta_k)) / tau (u_j = 1 there).
+        y_k, beta_k = y[-1], beta[-1]
+        out_r = gr.sub_(beta_k).mul_(u).mul_(y_k * inv_tau)
+        for m, e in enumerate(one_hot):
+            k_m = y[m] * (g_top[m] - beta[m]) - y_k * (g_top[m] - beta_k)
+            out_r.addcmul_(e, k_m.mul_(inv_tau))
+        out = out_r.t().to(grad.dtype, memory_format=torch.contiguous_format)
+        return out.reshape(shape), None, None, None, None, None, None
+
+
+def _apply(
+    logits: Tensor,
+    noise: Tensor | None,
+    noise_scale: float,
+    k: int,
+    tau: float,
+    hard: bool,
+    held: Tensor | None,
+) -> Tensor:
+    fn = _GumbelTopKSmall if logits.shape[-1] <= SMALL_GROUP_MAX_N else _GumbelTopK
+    return fn.apply(logits, noise, noise_scale, k, tau, hard, held)
 
 
 def relaxed_topk(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
@@ -240,7 +367,7 @@ def relaxed_topk(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
         2.0
     """
     _check_args(scores.shape[-1], k, tau)
-    return _GumbelTopK.apply(scores, None, 0.0, k, float(tau), False, None)
+    return _apply(scores, None, 0.0, k, float(tau), False, None)
 
 
 def gumbel_noise(
@@ -304,7 +431,7 @@ def gumbel_topk(
             dtype=_compute_dtype(logits.dtype),
             generator=generator,
         )
-    return _GumbelTopK.apply(logits, noise, float(noise_scale), k, float(tau), bool(hard), None)
+    return _apply(logits, noise, float(noise_scale), k, float(tau), bool(hard), None)
 
 
 def gumbel_topk_held(
@@ -341,7 +468,7 @@ def gumbel_topk_held(
             f"{list(noise.shape)}, indices {list(held.shape)}"
         )
     k = held.shape[-1]
-    return _GumbelTopK.apply(logits, noise, float(noise_scale), k, float(tau), True, held)
+    return _apply(logits, noise, float(noise_scale), k, float(tau), True, held)
 
 
 def draw_topk(
@@ -367,9 +494,9 @@ def relaxed_topk_reference(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
     """
     _check_args(scores.shape[-1], k, tau)
     s = scores / tau
-    # The i-th draw takes the i-th largest score; equal scores in torch.topk's order, as
-    # the closed form takes them.
-    order = scores.detach().topk(k, dim=-1, sorted=True).indices
+    # The i-th draw takes the i-th largest score; equal scores by index, as the closed
+    # form takes them.
+    order = scores.detach().sort(dim=-1, descending=True, stable=True).indices
     taken = torch.zeros_like(scores, dtype=torch.bool)
     soft = torch.zeros_like(scores)
     for i in range(k):
