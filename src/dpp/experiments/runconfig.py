@@ -256,21 +256,35 @@ class _ScheduleSection(BaseModel):
     delay_epochs: NonNegative | None = None
 
 
-def _pruning_types() -> type[BaseModel]:
-    """A strict pydantic model of the ``pruning`` section, made from the fields of
-    :class:`dpp.DPPConfig` (so it follows the core): their types (a schedule is a number or a
-    schedule mapping; a union of several types is left to the core), no unknown keys, and
-    the ranges of :data:`_PRUNING_RANGES`. :class:`dpp.DPPConfig` then checks the values and
-    how they combine."""
+def _typed_fields(cls: type, ranges: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic fields (all optional) from a dataclass's type hints: a schedule or a union of
+    several types becomes ``Any`` (the core checks those), ``ranges`` refine the rest."""
     fields: dict[str, Any] = {}
-    for name, hint in typing.get_type_hints(dpp.DPPConfig).items():
+    for name, hint in typing.get_type_hints(cls).items():
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         members = [a for a in get_args(hint) if a is not type(None)] if union else [hint]
-        if name in _PRUNING_RANGES:
-            hint = _PRUNING_RANGES[name]
+        if name in ranges:
+            hint = ranges[name]
         elif dpp.Schedule in members or len(members) > 1:
             hint = Any
+        elif union:
+            hint = members[0] | None
         fields[name] = (hint, None)
+    return fields
+
+
+def _pruning_types() -> type[BaseModel]:
+    """A strict pydantic model of the ``pruning`` section, made from the fields of
+    :class:`dpp.DPPConfig` (and of :class:`dpp.LayerSettings` for each override), so that it
+    follows the core: their types, no unknown keys, the ranges of :data:`_PRUNING_RANGES`;
+    a schedule is a number or a schedule mapping. :class:`dpp.DPPConfig` then checks the
+    values and how they combine."""
+    strict = ConfigDict(extra="forbid", strict=True)
+    override = pydantic.create_model(
+        "OverrideTypes", __config__=strict, **_typed_fields(dpp.LayerSettings, {})
+    )
+    fields = _typed_fields(dpp.DPPConfig, _PRUNING_RANGES)
+    fields["overrides"] = (dict[str, override], None)
 
     def schedules(self: BaseModel) -> BaseModel:
         for key in ("temperature", "noise_scale", "sparsity_ramp"):
@@ -280,7 +294,7 @@ def _pruning_types() -> type[BaseModel]:
 
     return pydantic.create_model(
         "PruningTypes",
-        __config__=ConfigDict(extra="forbid", strict=True),
+        __config__=strict,
         __validators__={"schedules": model_validator(mode="after")(schedules)},
         **fields,
     )
