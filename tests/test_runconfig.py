@@ -388,7 +388,7 @@ model.kwargs=[1]                               | model.kwargs               | ma
 pruning.entropy_weight=no                      | pruning.entropy_weight     | number
 pruning.logit_init_std=-1                      | pruning.logit_init_std     | >= 0
 pruning.exclude=fc1                            | pruning.exclude            | list
-pruning.overrides={fc3: {densty: 1}}           | pruning.overrides.fc3.densty | did you mean 'density'
+pruning.overrides={fc3: {densty: 1}}           | pruning.overrides.fc3.densty | did you mean
 pruning.overrides={fc3: {prune: no}}           | pruning.overrides.fc3.prune | true or false
 pruning.temperature=hot                        | pruning.temperature        | number or a schedule
 pruning.noise_scale={kind: linear, epochs: -1} | pruning.noise_scale.epochs | > 0
