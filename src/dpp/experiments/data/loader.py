@@ -12,22 +12,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ..seeding import mix_seed
 from .datasets import TensorDataset
 
 __all__ = ["AugmentFn", "BatchLoader"]
-
-_MASK64 = (1 << 64) - 1
-
-
-def _mix(*values: int) -> int:
-    """Deterministically hash integers into a 63-bit seed (SplitMix64 finalizer)."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
-        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & _MASK64
-        h ^= h >> 31
-    return h >> 1
-
 
 AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -152,7 +140,7 @@ class BatchLoader:
                 order = torch.randperm(n, generator=g)
             else:
                 order = torch.arange(n)
-            aug_seed = _mix(self.seed, epoch)
+            aug_seed = mix_seed(self.seed, epoch)
         total = self.num_samples * self.world_size
         if total > n:  # pad by wrapping around (possibly several times for tiny datasets)
             order = order.repeat(math.ceil(total / n))
@@ -177,6 +165,6 @@ class BatchLoader:
             images = self.images.index_select(0, idx)
             labels = self.labels.index_select(0, idx)
             if self.augment is not None:
-                g = torch.Generator().manual_seed(_mix(aug_seed, self.rank, b))
+                g = torch.Generator().manual_seed(mix_seed(aug_seed, self.rank, b))
                 images = self.augment(images, g)
             yield images, labels
