@@ -12,8 +12,9 @@ hooks, so the training loop stays the same for every method:
 - ``pruner``: the :class:`dpp.Pruner` when the method uses one (masks, summary, finalize).
 
 Every method registers itself with :func:`register_method` under its config name, with the
-pydantic model of its ``[baseline]`` options (none for dense and DPP), so that the run
-config validates ``method`` and its options without importing the methods' code paths.
+pydantic model of its ``[baseline]`` options (none for dense and DPP); the run config
+validates ``method`` and those options against this registry. This module imports nothing
+that imports it back (the run config type is for annotations only).
 """
 
 from __future__ import annotations
