@@ -248,6 +248,23 @@ def test_bad_run_directory_is_one_line(tmp_path: Path, argv, word):
     assert len(err.strip().splitlines()) == 1 and word.format(tmp=tmp_path) in err, err
 
 
+@pytest.mark.parametrize("kind", ["finished", "checkpointed", "file"])
+def test_run_dir_holding_a_run_is_never_overwritten(tmp_path: Path, kind):
+    """dpp train --run-dir DIR refuses a directory that holds a run (or is a file): exit 2,
+    and DIR is left as it was."""
+    run_dir = tmp_path / "run"
+    if kind == "file":
+        run_dir.write_text("not a directory")
+    else:
+        run_dir.mkdir()
+        (run_dir / ("summary.json" if kind == "finished" else "checkpoint.pt")).write_text("x")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = run_cli("train", "--set", "data.dataset=digits", "--run-dir", str(run_dir))
+    assert code == 2 and str(run_dir) in err
+    assert ("is a file" if kind == "file" else "already holds a run") in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
 def test_cuda_without_a_gpu_is_a_config_error_before_the_run_dir(tmp_path: Path, monkeypatch):
     """train.device = cuda on a machine without CUDA: exit 2 naming the key, no run dir."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -104,6 +104,19 @@ def _device(pref: str, ctx: DistContext, key: str = "train.device") -> torch.dev
     return torch.device(pref)
 
 
+def _check_run_dir(path: Path, *, resuming: bool) -> None:
+    """A run directory given by the user is a directory, and a new run never overwrites a
+    run that is already there."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run directory {path} is a file; give a directory")
+    held = [n for n in ("checkpoint.pt", "summary.json") if (path / n).is_file()]
+    if held and not resuming:
+        raise ConfigError(
+            f"run directory {path} already holds a run ({', '.join(held)}); continue it with "
+            "dpp train --resume, or give another --run-dir"
+        )
+
+
 def _check_world_size(resume: Any, checkpoint: dict[str, Any], ctx: DistContext) -> None:
     """A run resumes with the number of processes it was trained with."""
     saved = int(checkpoint["world_size"])
@@ -373,6 +386,8 @@ def train(
         run_dir = ckpt_path.parent if run_dir is None else run_dir
     if cfg is None:
         raise ValueError("train() needs a RunConfig or resume=")
+    if run_dir is not None:
+        _check_run_dir(Path(run_dir), resuming=checkpoint is not None)
     ctx = _init_distributed(cfg.train.device)
     if checkpoint is not None:
         _check_world_size(resume, checkpoint, ctx)
