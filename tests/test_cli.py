@@ -160,8 +160,8 @@ def test_missing_config_file_exits_2(tmp_path: Path):
 def test_resume_refuses_config_changes(trained):
     """--resume continues the saved config: --config/--set with it is refused."""
     run_dir, _, _ = trained
-    with pytest.raises(SystemExit, match="resume"):
-        run_cli("train", "--resume", str(run_dir), "--set", "train.lr=0.1")
+    code, _, err = run_cli("train", "--resume", str(run_dir), "--set", "train.lr=0.1")
+    assert code == 2 and "--resume continues the saved config" in err
 
 
 def test_eval_of_a_missing_run_exits_2(tmp_path: Path):
@@ -263,6 +263,14 @@ def test_run_dir_holding_a_run_is_never_overwritten(tmp_path: Path, kind):
     assert code == 2 and str(run_dir) in err
     assert ("is a file" if kind == "file" else "already holds a run") in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(("name", "word"), [("imagenet", "unknown dataset"), (None, "name a")])
+def test_data_download_of_an_unknown_dataset_is_one_line(name, word):
+    """dpp data download with an unknown or no dataset name: exit 2, one line, the names."""
+    code, _, err = run_cli("data", "download", *([name] if name else []))
+    assert code == 2 and word in err and "fashion-mnist" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_cuda_without_a_gpu_is_a_config_error_before_the_run_dir(tmp_path: Path, monkeypatch):

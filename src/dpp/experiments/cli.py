@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any
 
+from .errors import UserError
+
 __all__ = ["main"]
 
 
@@ -18,7 +20,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config or args.set:
-            raise SystemExit("dpp train: --resume continues the saved config; drop --config/--set")
+            raise UserError("--resume continues the saved config; drop --config/--set")
         result = train(
             resume=args.resume, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs
         )
@@ -88,7 +90,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data import download, list_datasets
+    from .data import DOWNLOADABLE, canonical_name, download, list_datasets
     from .tables import format_table
 
     if args.action == "list":
@@ -99,9 +101,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
         print(format_table(rows, fmt="plain", align="ll"))
         return 0
     if not args.name:
-        raise SystemExit(
-            "dpp data download: name a dataset (mnist, fashion-mnist, cifar10, cifar100)"
-        )
+        raise UserError(f"name a dataset to download ({', '.join(DOWNLOADABLE)})")
+    try:
+        canonical_name(args.name)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     path = download(args.name, args.data_dir or args.root)
     print(f"{args.name} ready in {path}")
     return 0
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data import DatasetError
-    from .errors import ConfigError, UserError
+    from .errors import ConfigError
 
     try:
         return int(args.func(args) or 0)
