@@ -130,6 +130,13 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    if _count(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpp",
@@ -182,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory with Fashion-MNIST IDX files")
     p.add_argument("--dataset", choices=["fashion-mnist", "digits"], help="force a dataset")
     p.add_argument("--output-dir", default="runs", help="where run directories go")
-    p.add_argument("--epochs", type=int, help="override the demo's epoch budget")
+    p.add_argument("--epochs", type=_positive, help="override the demo's epoch budget")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
