@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -364,11 +364,11 @@ def resnet18(num_classes: int = 10, input_shape: Sequence[int] = _CIFAR) -> Cifa
     return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, _check_shape(input_shape)[0])
 
 
-#: Canonical model name -> factory (a view of :data:`REGISTRY`).
-MODELS: dict[str, Callable[..., nn.Module]] = {e.name: e.obj for e in REGISTRY}
+#: Canonical model name -> factory (a live, read-only view of :data:`REGISTRY`).
+MODELS: Mapping[str, Callable[..., nn.Module]] = REGISTRY.objects()
 
-#: Alternative spellings accepted by :func:`create_model` (a view of :data:`REGISTRY`).
-MODEL_ALIASES: dict[str, str] = REGISTRY.aliases()
+#: Alternative spellings accepted by :func:`create_model` (a live view of :data:`REGISTRY`).
+MODEL_ALIASES: Mapping[str, str] = REGISTRY.aliases()
 
 
 def list_models() -> list[str]:

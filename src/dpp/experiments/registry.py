@@ -17,8 +17,9 @@ Example::
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 __all__ = ["Entry", "Registry", "suggest"]
@@ -86,12 +87,32 @@ class Registry(Generic[T]):
         """Canonical names in registration order."""
         return list(self._entries)
 
-    def aliases(self) -> dict[str, str]:
-        """Alias -> canonical name."""
-        return dict(self._aliases)
+    def aliases(self) -> Mapping[str, str]:
+        """Alias -> canonical name (a live, read-only view)."""
+        return MappingProxyType(self._aliases)
+
+    def objects(self) -> Mapping[str, T]:
+        """Canonical name -> registered object (a live, read-only view)."""
+        return _Objects(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.canonical(name) is not None
 
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(self._entries.values())
+
+
+class _Objects(Mapping[str, T]):
+    """The registered objects by canonical name, as the registry holds them now."""
+
+    def __init__(self, entries: dict[str, Entry[T]]) -> None:
+        self._entries = entries
+
+    def __getitem__(self, name: str) -> T:
+        return self._entries[name].obj
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
