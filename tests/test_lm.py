@@ -179,9 +179,9 @@ def test_mask_only_dpp_leaves_the_pretrained_weights_unchanged(tmp_path, source_
 
 
 def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tree, capsys):
-    """`python -m dpp.experiments.lm grid` runs methods x swept values x seeds, resumes, and
+    """`dpp lm grid` runs methods x swept values x seeds, resumes, and
     its table reports each method at the setting with the lowest loss on the tuning windows."""
-    from dpp.experiments.lm.__main__ import main
+    from dpp.experiments.cli import main
     from dpp.experiments.lm.grid import grid_runs, results_table
 
     cfg = _config(tmp_path, source_tree)
@@ -195,7 +195,7 @@ def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tre
     )
     runs = grid_runs(grid)
     assert len(runs) == 6 and len({d for d, _ in runs}) == 6
-    assert main(["grid", str(grid)]) == 0
+    assert main(["lm", "grid", str(grid)]) == 0
     results = {d.name: json.loads((d / "result.json").read_text()) for d, _ in runs}
     table = results_table(grid)
     dense_rows = {n: r["tune_loss"] for n, r in results.items() if n.startswith("dense")}
@@ -203,5 +203,5 @@ def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tre
         ("lr-0.0001", "lr-0.01"), key=lambda s: sum(v for n, v in dense_rows.items() if s in n)
     )
     assert f"| dense | dense_{low} |" in table and "| magnitude |" in table
-    assert main(["grid", str(grid)]) == 0  # resumes: nothing runs again
+    assert main(["lm", "grid", str(grid)]) == 0  # resumes: nothing runs again
     assert "[1/6]" in capsys.readouterr().out

@@ -40,6 +40,7 @@ EPOCH_KEYS = {
     "sparsity",
     "seconds",
     "mask_metrics",
+    "mask_flips",
 }
 
 
@@ -149,6 +150,8 @@ def test_epoch_record_has_the_documented_keys(one_epoch):
     kept = sum(r["kept"] for r in rows.values())
     assert rec["sparsity"]["total"] == pytest.approx(1 - kept / weights)
     assert set(rec["mask_metrics"]["layers"]) == set(rows)
+    assert set(rec["mask_flips"]["layers"]) == set(rows)
+    assert 0.0 < rec["mask_flips"]["total"] <= 1.0  # an epoch of learning moves the masks
     final = records[1]
     assert final["test_acc"] == summary["test_acc"] == rec["test_acc"]
 

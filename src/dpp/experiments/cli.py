@@ -1,4 +1,5 @@
-"""The ``dpp`` command line: train, eval, summary, data, demo (``dpp --help``)."""
+"""The ``dpp`` command line: train, eval, summary, data, demo, report, export, compare, lm
+(``dpp --help``)."""
 
 from __future__ import annotations
 
@@ -199,12 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Any]:
-    """Subcommands defined beside their implementation: report, export, compare."""
+    """Subcommands defined beside their implementation: report, export, compare, lm."""
     from .compare import register_cli as compare_cli
     from .export_cli import register_cli as export_cli
+    from .lm.cli import register_cli as lm_cli
     from .report import register_cli as report_cli
 
-    return [report_cli, export_cli, compare_cli]
+    return [report_cli, export_cli, compare_cli, lm_cli]
 
 
 # What the machine refuses (a path not writable, a full or read-only disk): the user's to

@@ -31,6 +31,7 @@ from torch import nn
 
 import dpp
 from dpp.bake import bake
+from dpp.metrics import mask_flips
 from dpp.storage import storage_report
 
 from .checkpoint import (
@@ -468,6 +469,8 @@ def train(
     else:
         _log(f"resuming {out_dir} at epoch {start_epoch + 1}/{cfg.train.epochs}", ctx, quiet)
 
+    # Deterministic masks at the last check, for the fraction of kept entries that changed.
+    last_masks = pruner.masks() if pruner is not None else None
     last_epoch = cfg.train.epochs
     if stop_after_epochs is not None:
         last_epoch = min(last_epoch, start_epoch + stop_after_epochs)
@@ -538,6 +541,9 @@ def train(
         if pruner is not None:
             sp = pruner.sparsity()
             record["sparsity"] = {"layers": sp["layers"], "total": sp["total"]}
+            masks = pruner.masks()
+            record["mask_flips"] = mask_flips(last_masks, masks)
+            last_masks = masks
             if cfg.log.mask_metrics:
                 t_metrics = time.perf_counter()
                 record["mask_metrics"] = _mask_metrics(pruner, cfg, epoch)
@@ -669,6 +675,9 @@ def _write_tensorboard(writer: Any, record: dict[str, Any]) -> None:
             writer.add_scalar(key, record[key], step)
     for name, lr in record.get("lr", {}).items():
         writer.add_scalar(f"lr/{name}", lr, step)
+    flips = record.get("mask_flips")
+    if flips:
+        writer.add_scalar("mask_flips/total", flips["total"], step)
     sp = record.get("sparsity")
     if sp:
         writer.add_scalar("sparsity/total", sp["total"], step)

@@ -3,5 +3,5 @@
 ``corpus`` prepares the offline text, ``pretrain`` trains the dense model (resumable, with
 the one-shot gap measured at its checkpoints), ``methods`` runs one pruning method for a
 token budget (one-shot, fine-tuned one-shot, DPP mask-only, DPP with weights), and ``cli``
-is ``python -m dpp.experiments.lm``. See docs/transformers.md.
+is ``dpp lm``. See docs/transformers.md.
 """

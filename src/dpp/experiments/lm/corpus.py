@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["CORPORA", "Corpus", "CorpusError", "corpus_files", "load", "prepare", "split_of"]
 
 VAL_EVERY = 20
@@ -35,7 +37,7 @@ CORPORA = ("cpython-stdlib", "fortunes")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus that cannot be found, or prepared files that fail their checks."""
 
 

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .methods import MaskRunConfig
 
 if sys.version_info >= (3, 11):
@@ -54,7 +55,7 @@ def _load(grid: str | Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the grid file ({exc})") from exc
+        raise ConfigError(f"{path}: cannot read the grid file ({exc})") from exc
 
 
 def _label(cfg: MaskRunConfig, swept: dict[str, Any]) -> str:
@@ -82,7 +83,7 @@ def grid_runs(grid: str | Path) -> list[tuple[Path, MaskRunConfig]]:
         entry = dict(entry)
         unknown = set(entry) - {"method", *_SWEPT}
         if unknown:
-            raise ValueError(f"{grid}: unknown key(s) {sorted(unknown)} in [[methods]]")
+            raise ConfigError(f"{grid}: unknown key(s) {sorted(unknown)} in [[methods]]")
         lists = {k: v if isinstance(v, list) else [v] for k, v in entry.items() if k != "method"}
         keys = list(lists)
         for values in itertools.product(*(lists[k] for k in keys)):

@@ -30,6 +30,7 @@ import torch
 
 import dpp
 
+from ..errors import ConfigError
 from .corpus import prepare
 from .model import evaluate, train_batch, val_windows
 from .oneshot import ONESHOT_METHODS, block_linears, oneshot_masks
@@ -78,11 +79,11 @@ class MaskRunConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+            raise ConfigError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
         if not 1 <= self.k <= self.m:
-            raise ValueError(f"pattern {self.k}:{self.m} needs 1 <= k <= m")
+            raise ConfigError(f"pattern {self.k}:{self.m} needs 1 <= k <= m")
         if self.method.startswith("dpp") and self.prior not in ("normal", *ONESHOT_METHODS):
-            raise ValueError(f"prior must be normal, magnitude, wanda or sparsegpt: {self.prior}")
+            raise ConfigError(f"prior must be normal, magnitude, wanda or sparsegpt: {self.prior}")
 
     @property
     def trains(self) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import ConfigError, RunDirError
 from .corpus import Corpus, prepare
 from .model import ModelSpec, build_model, evaluate, train_batch, val_windows
 from .oneshot import block_linears, oneshot_masks
@@ -139,7 +140,7 @@ def pretrain(cfg: PretrainConfig, run_dir: str | os.PathLike, *, log_every: int 
     if config_path.exists():
         saved = PretrainConfig.from_dict(json.loads(config_path.read_text()))
         if saved != cfg:
-            raise ValueError(
+            raise ConfigError(
                 f"{config_path} holds other settings than this run's; resume with the same "
                 f"settings or use a new run directory. Saved: {saved.to_dict()}"
             )
@@ -223,9 +224,9 @@ def load_dense(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, PretrainCon
     run = Path(run_dir)
     final = run / "dense.safetensors"
     if not final.exists():
-        raise FileNotFoundError(
+        raise RunDirError(
             f"{final} does not exist: the pretraining in {run} has not finished; resume it "
-            f"with `python -m dpp.experiments.lm pretrain --run-dir {run}`"
+            f"with `dpp lm pretrain --run-dir {run}`"
         )
     cfg = PretrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     model = build_model(cfg.spec, seed=cfg.seed)
