@@ -382,3 +382,23 @@ def test_console_entry_points():
     script = load_config_file(ROOT / "pyproject.toml")["project"]["scripts"]["dpp"]
     module, _, attr = script.partition(":")
     assert getattr(import_module(module), attr) is cli.main
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
+    """A missing optional dependency is one line naming the extra that installs it; a missing
+    module that is not optional keeps its traceback."""
+    from dpp.experiments import trainer
+
+    def needs_onnx(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+
+    monkeypatch.setattr(trainer, "train", needs_onnx)
+    assert cli.main(["train", "--set", "train.epochs=1"]) == 2
+    assert "pip install 'dpp[onnx]'" in capsys.readouterr().err
+
+    def typo(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'dpp.nonexistent'", name="dpp.nonexistent")
+
+    monkeypatch.setattr(trainer, "train", typo)
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["train", "--set", "train.epochs=1"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from digits_runs import subprocess_env
 
 pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +27,7 @@ def test_fsdp2_recipe_gives_a_dense_architecture_state_dict_with_2_of_4_weights(
         from fsdp2_2of4 import CONFIG
     finally:
         sys.path.pop(0)
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
-        "PYTHONPATH": str(ROOT / "src"),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = subprocess_env()
     cmd = [
         sys.executable,
         "-m",

@@ -220,6 +220,28 @@ def _is_environment_error(err: BaseException) -> bool:
     )
 
 
+# Optional packages and the extra that installs each: missing, they are the user's to install.
+_OPTIONAL = {
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "torch_pruning": "shrink",
+    "matplotlib": "plot",
+    "tensorboard": "tensorboard",
+    "sklearn": "digits",
+    "transformers": "hf",
+    "accelerate": "hf",
+}
+
+
+def _missing_extra(err: BaseException) -> str | None:
+    """``pip install 'dpp[EXTRA]'`` for a missing optional package, else ``None``."""
+    if not isinstance(err, ModuleNotFoundError) or not err.name:
+        return None
+    extra = _OPTIONAL.get(err.name.split(".")[0])
+    return None if extra is None else f"pip install 'dpp[{extra}]'"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``dpp ARGV``; returns the exit code.
 
@@ -241,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         kind = "config error: " if isinstance(err, ConfigError) else ""
         print(f"dpp {args.command}: {kind}{err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        fix = _missing_extra(err)
+        if os.environ.get("DPP_DEBUG") or fix is None:
+            raise
+        print(f"dpp {args.command}: needs the package {err.name!r}: {fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; resume with: dpp train --resume RUN_DIR", file=sys.stderr)
