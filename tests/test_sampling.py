@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dpp
-from dpp.sampling import gumbel_noise, relaxed_topk_reference
+from dpp.sampling import _GumbelTopK, _GumbelTopKSmall, gumbel_noise, relaxed_topk_reference
 
 DRAWS = 200_000
 LOGITS = torch.tensor([1.2, 0.3, -0.4, 0.8, -1.5], dtype=torch.float64)
@@ -297,3 +297,114 @@ def test_negative_noise_scale():
     """noise_scale < 0 raises ValueError saying it must be >= 0."""
     with pytest.raises(ValueError, match="noise_scale must be >= 0"):
         dpp.gumbel_topk(torch.randn(2, 6), 2, noise_scale=-0.1)
+
+
+# ----------------------------------------------------------------- small groups (n <= 16)
+def _paths_value_and_grad(scores, k, tau, upstream, hard):
+    """Value and gradient of the small-group and the vectorised Function on the same scores."""
+    out = []
+    for fn in (_GumbelTopKSmall, _GumbelTopK):
+        x = scores.clone().requires_grad_()
+        y = fn.apply(x, None, 0.0, k, tau, hard, None)
+        (y * upstream).sum().backward()
+        out.append((y.detach(), x.grad))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [2, 3, 4, 8, 16])
+def test_small_path_matches_vectorised_and_loop(dtype, n):
+    """The small-group path equals the vectorised path and the literal loop, every k."""
+    gen = torch.Generator().manual_seed(n)
+    scores = (torch.randn(64, n, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    upstream = torch.randn(64, n, generator=gen, dtype=torch.float64).to(dtype)
+    # float32: round-off relative to the largest entry (gradients scale with 1 / tau).
+    eps = 1e-12 if dtype == torch.float64 else 2e-6
+    for k in range(1, n + 1):
+        for tau in (0.1, 1.0, 3.0):
+            (v_s, g_s), (v_v, g_v) = _paths_value_and_grad(scores, k, tau, upstream, False)
+            v_r, g_r = _value_and_grad(
+                relaxed_topk_reference, scores.double(), k, tau, upstream.double()
+            )
+            for a, b, ref in ((v_s, v_v, v_r), (g_s, g_v, g_r)):
+                tol = {"rtol": 0, "atol": eps * float(1 + ref.abs().max())}
+                torch.testing.assert_close(a, b, **tol)
+                torch.testing.assert_close(a.double(), ref, **tol)
+
+
+@pytest.mark.parametrize("n,k", [(4, 2), (4, 1), (8, 3), (16, 8), (20, 5)])
+def test_ties_rank_by_index_in_both_paths(n, k):
+    """With tied scores both paths rank ties by index, as the loop does; values and gradients.
+
+    The vectorised path leaves the choice among candidates tied *at* the k-th score to
+    ``torch.topk``; rows where such a tie straddles the boundary are compared for the small
+    path only."""
+    gen = torch.Generator().manual_seed(7)
+    scores = torch.randint(0, 3, (200, n), generator=gen).double()
+    upstream = torch.randn(200, n, generator=gen, dtype=torch.float64)
+    ordered = scores.sort(-1, descending=True).values
+    assert bool((ordered[:, : k + 1].diff(dim=-1) == 0).any())  # ties in the top k + 1
+    (v_s, g_s), (v_v, g_v) = _paths_value_and_grad(scores, k, 0.5, upstream, False)
+    v_r, g_r = _value_and_grad(relaxed_topk_reference, scores, k, 0.5, upstream)
+    torch.testing.assert_close(v_s, v_r, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_s, g_r, rtol=1e-8, atol=1e-11)
+    clear = ordered[:, k - 1] != ordered[:, k] if k < n else torch.ones(200, dtype=torch.bool)
+    assert int(clear.sum()) > 20
+    torch.testing.assert_close(v_v[clear], v_r[clear], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_v[clear], g_r[clear], rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("n,k", [(4, 2), (16, 5)])
+def test_small_path_hard_mask_keeps_lowest_index_among_ties(n, k):
+    """The small path's k-hot mask is the top k, ties at the boundary going to the lower index."""
+    scores = torch.randint(0, 3, (300, n), generator=torch.Generator().manual_seed(2)).float()
+    mask = _GumbelTopKSmall.apply(scores, None, 0.0, k, 1.0, True, None)
+    first = scores.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    assert torch.equal(mask, torch.zeros_like(scores).scatter(-1, first, 1.0))
+    vec = _GumbelTopK.apply(scores, None, 0.0, k, 1.0, True, None)  # a valid top-k set too
+    assert torch.equal(vec.sum(-1), torch.full((300,), float(k)))
+    kth = scores.sort(dim=-1, descending=True).values[..., k - 1 : k]
+    assert bool(((vec == 1) <= (scores >= kth)).all())
+
+
+@pytest.mark.parametrize("n,k", [(4, 2), (16, 8), (16, 16), (40, 16)])
+def test_stable_at_extreme_spreads(n, k):
+    """Spreads of 1e7 (in units of tau), every top-k gap huge: finite, equal to the loop."""
+    gen = torch.Generator().manual_seed(n)
+    # Top scores far apart (gaps >> 40) and a moderate bulk: both frames are exercised.
+    scores = torch.randn(16, n, generator=gen, dtype=torch.float64) * 1e4
+    upstream = torch.randn(16, n, generator=gen, dtype=torch.float64)
+    for tau in (1e-3, 1.0):
+        v, g = _value_and_grad(dpp.relaxed_topk, scores, k, tau, upstream)
+        v_r, g_r = _value_and_grad(relaxed_topk_reference, scores, k, tau, upstream)
+        assert bool(v.isfinite().all()) and bool(g.isfinite().all())
+        torch.testing.assert_close(v, v_r, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g, g_r, rtol=1e-7, atol=1e-10)
+
+
+def test_beyond_the_spread_cap_stays_finite_and_sums_to_k():
+    """More than 15 top-k gaps wider than 40 (the documented cap): finite, rows sum to k."""
+    scores = (torch.arange(40, dtype=torch.float64) * 100.0).expand(3, -1).requires_grad_()
+    soft = dpp.relaxed_topk(scores, 30, tau=1.0)
+    (soft * torch.randn(3, 40, dtype=torch.float64)).sum().backward()
+    assert bool(soft.isfinite().all()) and bool(scores.grad.isfinite().all())
+    torch.testing.assert_close(soft.sum(-1), torch.full((3,), 30.0, dtype=torch.float64))
+
+
+def test_float32_small_path_at_extreme_spread():
+    """float32 2:4 groups at tau 1e-3 and scores 1e3 (no float64 anywhere): finite, ~k-hot."""
+    scores = (torch.randn(1000, 4) * 1e3).requires_grad_()
+    soft = dpp.relaxed_topk(scores, 2, tau=1e-3)
+    (soft * torch.randn(1000, 4)).sum().backward()
+    assert bool(soft.isfinite().all()) and bool(scores.grad.isfinite().all())
+    hard = torch.zeros_like(soft).scatter(-1, scores.detach().topk(2, -1).indices, 1.0)
+    torch.testing.assert_close(soft.detach(), hard, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,k", [(20, 2), (6, 3)])
+def test_inclusion_matches_plackett_luce_both_paths(n, k):
+    """The vectorised path (n > 16) and the small path sample the exact PL inclusion too."""
+    logits = torch.linspace(-1.5, 1.2, n, dtype=torch.float64)
+    exact = plackett_luce_inclusion(logits, k)
+    freq = inclusion_frequencies(logits, k, 1.0, seed=4)
+    assert torch.all((freq - exact).abs() <= tolerance(exact)), (freq, exact)

@@ -28,8 +28,9 @@ Every quantity lives in a bounded frame, so that no data-dependent branch is nee
   600 in units of ``tau`` without such gaps; the values then stay finite, but the ranks
   beyond the cap share one weight).
 
-The forward takes one sorted ``topk`` of ``z`` and the backward reuses its values and
-indices: no sort, no second top-k, no recomputation of the noise. :class:`_GumbelTopK` is
+The forward sorts the top k of ``z`` once (an unsorted ``topk``, then two sorts of the k
+winners) and the backward reuses those values and indices: no second top-k or sort, no
+recomputation of the noise. :class:`_GumbelTopK` is
 one autograd Function from the logits (and the noise) to the mask. Equal scores are ranked
 by index (the lower first), in both paths and in :func:`relaxed_topk_reference` alike.
 """
@@ -43,8 +44,10 @@ from .granularity import check_k
 
 __all__ = [
     "SMALL_GROUP_MAX_N",
+    "draw_topk",
     "gumbel_noise",
     "gumbel_topk",
+    "gumbel_topk_held",
     "relaxed_topk",
     "relaxed_topk_reference",
 ]
@@ -117,7 +120,7 @@ def _top_small(
     b = [ahat[0] * inv_x[0]]
     for m in range(1, k):
         b.append(torch.addcmul(ahat[m] * inv_x[m], a[m - 1], b[m - 1]))
-    return y, [bm.div_(ym) for bm, ym in zip(b, y)]
+    return y, [bm.div_(ym) for bm, ym in zip(b, y, strict=True)]
 
 
 def _top_vectorised(
@@ -171,14 +174,16 @@ def _relaxed_grad(z: Tensor, top_z: Tensor, top_idx: Tensor, tau: float, grad: T
     return out.scatter_(-1, top_idx, top_grad)
 
 
-def _lowest_index_first(top_z: Tensor, top_idx: Tensor) -> tuple[Tensor, Tensor]:
-    """Sorted top-k ``(values, indices)`` with equal values ordered by index, as the
-    small-group path and :func:`relaxed_topk_reference` order them (``torch.topk`` does not
-    promise an order among ties). Two sorts of ``[..., k]``."""
-    idx, perm = top_idx.sort(dim=-1)
-    _, order = top_z.gather(-1, perm).sort(dim=-1, descending=True, stable=True)
-    idx = idx.gather(-1, order)
-    return top_z, idx
+def _sorted_topk(z: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k ``(values, indices)`` of ``z`` by descending value, equal values by index.
+
+    An unsorted ``topk`` and two sorts of ``[..., k]`` (indices, then stably by value):
+    cheaper than ``topk(sorted=True)`` on CPU, and ``topk`` does not promise an order among
+    ties, which the small-group path and :func:`relaxed_topk_reference` rank by index.
+    """
+    idx = z.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    top_z, order = z.gather(-1, idx).sort(dim=-1, descending=True, stable=True)
+    return top_z, idx.gather(-1, order)
 
 
 class _GumbelTopK(torch.autograd.Function):
@@ -205,7 +210,7 @@ class _GumbelTopK(torch.autograd.Function):
         if noise is not None:
             z = torch.add(z, noise.to(z.dtype), alpha=noise_scale)
         if held is None:
-            top_z, top_idx = _lowest_index_first(*z.topk(k, dim=-1, sorted=True))
+            top_z, top_idx = _sorted_topk(z, k)
         else:
             top_idx = held
             top_z = z.gather(-1, held)
@@ -224,14 +229,14 @@ class _GumbelTopK(torch.autograd.Function):
 
 def _pairwise_ranks(zr: Tensor) -> Tensor:
     """Descending rank of every candidate, ``[n, G]`` uint8, from the rows of ``zr``
-    ``[n, G]``: candidate l outranks j when ``z_l > z_j``, or ``z_l == z_j`` and ``l < j``."""
+    ``[n, G]``: candidate i outranks j when ``z_i > z_j``, or ``z_i == z_j`` and ``i < j``."""
     n = zr.shape[0]
     ranks = torch.zeros(zr.shape, dtype=torch.uint8, device=zr.device)
     for j in range(n):
-        for l in range(j + 1, n):
-            beaten = torch.gt(zr[l], zr[j])
+        for i in range(j + 1, n):
+            beaten = torch.gt(zr[i], zr[j])
             ranks[j].add_(beaten)
-            ranks[l].add_(beaten.logical_not_())
+            ranks[i].add_(beaten.logical_not_())
     return ranks
 
 
@@ -244,7 +249,7 @@ def _ranks_of_held(held: Tensor, n: int) -> Tensor:
 
 
 def _small_pieces(
-    zr: Tensor, ranks: Tensor, k: int, inv_tau: float, gr: Tensor | None
+    zr: Tensor, ranks: Tensor, k: int, inv_tau: float, gr: Tensor | None, held: bool = False
 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor] | None, list[Tensor]]:
     """Row-layout pieces of the relaxation of small groups.
 
@@ -258,7 +263,14 @@ def _small_pieces(
     """
     one_hot = [torch.eq(ranks, m, out=torch.empty_like(zr)) for m in range(k)]
     top = [torch.mul(zr, e).sum(0) for e in one_hot]  # z_(1) >= ... >= z_(k), [G] each
-    u = torch.sub(zr, top[-1]).clamp_(max=0.0).mul_(inv_tau).exp_()
+    if held:
+        # A held draw need not be the top k of the current scores: 1 at the held k, and
+        # exp((z - z_(k)) / tau) (possibly > 1; exponent capped at 80) elsewhere.
+        outside = torch.ge(ranks, k, out=torch.empty_like(zr))
+        u = torch.sub(zr, top[-1]).mul_(inv_tau).clamp_(max=80.0).exp_()
+        u.mul_(outside).sub_(outside).add_(1.0)
+    else:
+        u = torch.sub(zr, top[-1]).clamp_(max=0.0).mul_(inv_tau).exp_()
     # The top k contribute exactly 1 each to sum(u).
     rest = u.sum(0).sub_(float(k)).clamp_(min=0.0)
     g_top: list[Tensor] = []
@@ -302,11 +314,11 @@ class _GumbelTopKSmall(torch.autograd.Function):
             zr.copy_(flat.t())
         ranks = _pairwise_ranks(zr) if held is None else _ranks_of_held(held.reshape(-1, k), n)
         ctx.save_for_backward(zr, ranks)
-        ctx.k, ctx.tau, ctx.shape = k, tau, shape
+        ctx.k, ctx.tau, ctx.shape, ctx.held = k, tau, shape, held is not None
         if hard:
             mask = torch.lt(ranks, k).t()
             return mask.to(logits.dtype, memory_format=torch.contiguous_format).reshape(shape)
-        u, one_hot, y, _, _ = _small_pieces(zr, ranks, k, 1.0 / tau, None)
+        u, one_hot, y, _, _ = _small_pieces(zr, ranks, k, 1.0 / tau, None, held is not None)
         soft = u.mul_(y[-1])
         for m, e in enumerate(one_hot):
             soft.addcmul_(e, y[m] - y[-1])
@@ -318,7 +330,7 @@ class _GumbelTopKSmall(torch.autograd.Function):
         k, inv_tau, shape = ctx.k, 1.0 / ctx.tau, ctx.shape
         n = shape[-1]
         gr = grad.reshape(-1, n).t().to(zr.dtype, memory_format=torch.contiguous_format, copy=True)
-        u, one_hot, y, beta, g_top = _small_pieces(zr, ranks, k, inv_tau, gr)
+        u, one_hot, y, beta, g_top = _small_pieces(zr, ranks, k, inv_tau, gr, ctx.held)
         assert beta is not None
         # Rank k and the rest: u_j Y_k (g_j - beta_k) / tau; ranks m < k add E_m K_m, where
         # K_m = (Y_m (g_(m) - beta_m) - Y_k (g_(m) - beta_k)) / tau (u_j = 1 there).
