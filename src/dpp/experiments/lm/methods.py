@@ -116,8 +116,8 @@ def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    out.mkdir(parents=True, exist_ok=True)
     model, pcfg = load_dense(cfg.dense_dir)
+    out.mkdir(parents=True, exist_ok=True)
     corpus = prepare(pcfg.corpus, Path(pcfg.data_dir) / pcfg.corpus)
     windows = val_windows(corpus.val, seq=pcfg.spec.seq, windows=pcfg.eval_windows)
     tune_windows = val_windows(
