@@ -171,8 +171,9 @@ def make_step(
     return step, switch
 
 
-def sampler_calls(before: types.ModuleType) -> dict[str, Callable[[], None]]:
-    """fwd+bwd of gumbel_topk at (1M, 4), k = 2 (before and after), and one torch.topk."""
+def sampler_calls(before: types.ModuleType, compiled: bool) -> dict[str, Callable[[], None]]:
+    """fwd+bwd of gumbel_topk at (1M, 4), k = 2 (before, after and, with ``compiled``, after
+    under ``torch.compile``), and one torch.topk."""
     torch.manual_seed(0)
     logits = (torch.randn(1 << 20, 4) * 0.5).requires_grad_()
     grad = torch.randn(1 << 20, 4)
@@ -185,11 +186,14 @@ def sampler_calls(before: types.ModuleType) -> dict[str, Callable[[], None]]:
 
         return call
 
-    return {
+    calls = {
         "topk": lambda: plain.topk(2, dim=-1),
         "before": run(before.gumbel_topk),
         "after": run(dpp.gumbel_topk),
     }
+    if compiled:
+        calls["compiled"] = run(torch.compile(dpp.gumbel_topk))
+    return calls
 
 
 def time_rounds(
@@ -239,11 +243,13 @@ def main() -> None:
     rows = []
     for name in names:
         if name == "sampler":
-            calls = {v: (fn, None) for v, fn in sampler_calls(before).items()}
+            sampler = sampler_calls(before, "compiled" in extra)
+            calls = {v: (fn, None) for v, fn in sampler.items()}
             times = time_rounds(calls, args.rounds, args.min_time, warmup=2)
             med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
             label = "`gumbel_topk` fwd+bwd, 1M groups of 4, k=2 / one `torch.topk`"
-            rows.append((label, med["topk"], med["before"], med["after"], {}))
+            ex = {v: med[v] for v in extra if v in med}
+            rows.append((label, med["topk"], med["before"], med["after"], ex))
             print(f"  {name}: {med}", flush=True)
             continue
         variants = ["dense", "before", "after", *extra]
