@@ -28,11 +28,16 @@ Every quantity lives in a bounded frame, so that no data-dependent branch is nee
   600 in units of ``tau`` without such gaps; the values then stay finite, but the ranks
   beyond the cap share one weight).
 
-The forward sorts the top k of ``z`` once (an unsorted ``topk``, then two sorts of the k
-winners) and the backward reuses those values and indices: no second top-k or sort, no
-recomputation of the noise. :class:`_GumbelTopK` is
-one autograd Function from the logits (and the noise) to the mask. Equal scores are ranked
-by index (the lower first), in both paths and in :func:`relaxed_topk_reference` alike.
+Large groups (:class:`_GumbelTopK`): the forward sorts the top k of ``z`` once (an
+unsorted ``topk``, then two sorts of the k winners) and the backward reuses those values and
+indices: no second top-k or sort, no recomputation of the noise. Small groups
+(:class:`_GumbelTopKSmall`) work on the transposed ``[n, groups]`` layout, where each step is
+a contiguous elementwise pass: ranks by pairwise comparisons (no ``topk``, sort or scatter),
+then the recursion above. Either is one autograd Function from the logits (and the noise)
+to the mask, with no data-dependent Python check (``torch.compile`` traces it in one graph).
+Equal scores are ranked by index (the lower first) in both paths and in
+:func:`relaxed_topk_reference`; only the choice among candidates tied *at* the k-th score
+is left to ``torch.topk`` in the large-group path.
 """
 
 from __future__ import annotations
