@@ -205,3 +205,20 @@ def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tre
     assert f"| dense | dense_{low} |" in table and "| magnitude |" in table
     assert main(["lm", "grid", str(grid)]) == 0  # resumes: nothing runs again
     assert "[1/6]" in capsys.readouterr().out
+
+
+def test_a_mask_run_refuses_another_corpus_than_the_dense_models(tmp_path, source_tree):
+    """A mask-phase run whose prepared corpus differs from the one the dense model recorded
+    is an error naming both, before anything trains."""
+    from dpp.experiments.errors import ConfigError
+
+    cfg = _config(tmp_path, source_tree)
+    pretrain(cfg, tmp_path / "dense")
+    recorded = tmp_path / "dense" / "corpus.json"
+    info = json.loads(recorded.read_text())
+    info["train_sha256"] = "0" * 64
+    recorded.write_text(json.dumps(info))
+    run = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method="dense", steps=1, batch=2)
+    with pytest.raises(ConfigError, match="is not the one"):
+        run_method(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -103,6 +103,21 @@ def _fixed_pruner(model: torch.nn.Module, masks: dict[str, torch.Tensor], k: int
     )
 
 
+def _check_same_corpus(manifest: dict[str, Any], recorded: Path) -> None:
+    """The text of the mask phase is the text the dense model was trained on."""
+    if not recorded.exists():
+        return
+    want = json.loads(recorded.read_text())
+    for key in ("name", "train_sha256", "val_sha256"):
+        if want.get(key) != manifest.get(key):
+            raise ConfigError(
+                f"the corpus here ({manifest.get('name')}, {key} {manifest.get(key)}) is not "
+                f"the one {recorded.parent} was trained on ({want.get('name')}, "
+                f"{want.get(key)}): use the same Python version's standard library, or "
+                "pretrain again"
+            )
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -117,8 +132,9 @@ def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]
     if result_path.exists():
         return json.loads(result_path.read_text())
     model, pcfg = load_dense(cfg.dense_dir)
-    out.mkdir(parents=True, exist_ok=True)
     corpus = prepare(pcfg.corpus, Path(pcfg.data_dir) / pcfg.corpus)
+    _check_same_corpus(corpus.manifest, Path(cfg.dense_dir) / "corpus.json")
+    out.mkdir(parents=True, exist_ok=True)
     windows = val_windows(corpus.val, seq=pcfg.spec.seq, windows=pcfg.eval_windows)
     tune_windows = val_windows(
         corpus.val, seq=pcfg.spec.seq, windows=pcfg.eval_windows, offset=len(windows)
