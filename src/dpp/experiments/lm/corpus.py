@@ -21,13 +21,13 @@ import json
 import os
 import platform
 import sysconfig
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import atomic_write_bytes
 from ..errors import UserError
 
 __all__ = ["CORPORA", "Corpus", "CorpusError", "corpus_files", "load", "prepare", "split_of"]
@@ -95,17 +95,6 @@ def _sha256(data: bytes | np.ndarray) -> str:
     return hashlib.sha256(bytes(data)).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build(files: Iterable[Path], base: Path) -> tuple[bytes, bytes, list[dict]]:
     """Concatenate ``files`` into (train bytes, val bytes, per-file records), split by file."""
     parts: dict[str, list[bytes]] = {"train": [], "val": []}
@@ -140,9 +129,9 @@ def prepare(name: str, out_dir: str | os.PathLike, root: str | os.PathLike | Non
         "records": records,
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "train.bin", train)
-    _write_atomic(out / "val.bin", val)
-    _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+    atomic_write_bytes(out / "train.bin", train)
+    atomic_write_bytes(out / "val.bin", val)
+    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     return load(out)
 
 

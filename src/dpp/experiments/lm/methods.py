@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 import dpp
 
+from ..checkpoint import write_json
 from ..errors import ConfigError
 from .corpus import prepare
 from .model import evaluate, train_batch, val_windows
@@ -118,13 +118,6 @@ def _check_same_corpus(manifest: dict[str, Any], recorded: Path) -> None:
             )
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Run one method (skipped when its ``result.json`` exists) and return its result."""
     out = Path(out_dir)
@@ -207,5 +200,5 @@ def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]
         "pruned_layers": len(block_linears(model)),
         **metrics,
     }
-    _write_json(result_path, result)
+    write_json(result_path, result)
     return result

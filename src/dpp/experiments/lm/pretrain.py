@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..checkpoint import atomic_write, remove_stale_temp_files
 from ..errors import ConfigError, RunDirError
 from .corpus import Corpus, prepare
 from .model import ModelSpec, build_model, evaluate, train_batch, val_windows
@@ -90,17 +90,6 @@ def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) ->
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _append(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -134,8 +123,7 @@ def pretrain(cfg: PretrainConfig, run_dir: str | os.PathLike, *, log_every: int 
     """Train (or resume) the dense model; returns the path of ``dense.safetensors``."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    for leftover in run.glob(".*.tmp"):
-        leftover.unlink()
+    remove_stale_temp_files(run)
     config_path = run / "config.json"
     if config_path.exists():
         saved = PretrainConfig.from_dict(json.loads(config_path.read_text()))
@@ -205,17 +193,13 @@ def pretrain(cfg: PretrainConfig, run_dir: str | os.PathLike, *, log_every: int 
                 log, {"event": "gap", "step": step, "tokens": step * cfg.tokens_per_step, **gaps}
             )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _atomic_save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
-                ckpt,
-            )
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+            atomic_write(ckpt, lambda tmp, state=state: torch.save(state, tmp))
     final = run / "dense.safetensors"
     if not final.exists():
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=run, prefix=".dense.", suffix=".tmp")
-        os.close(fd)
-        save_file(state, tmp, metadata={"step": str(step), "corpus": corpus.name})
-        os.replace(tmp, final)
+        weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+        meta = {"step": str(step), "corpus": corpus.name}
+        atomic_write(final, lambda tmp: save_file(weights, str(tmp), metadata=meta))
     return final
 
 
