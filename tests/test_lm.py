@@ -154,6 +154,57 @@ def test_every_method_runs_and_records_its_budget(tmp_path, source_tree, method)
     )
     assert result["tokens"] == (2 * 2 * TINY.seq if run.trains else 0)
     assert run_method(run, tmp_path / "out") == result
+    if run.trains:
+        assert [p["step"] for p in result["curve"]] == [2]
+        assert ("mask_flips" in result["curve"][0]) == method.startswith("dpp")
+
+
+def test_dpp_from_sparsegpts_weights_starts_at_the_one_shot_sparsegpt_model(tmp_path, source_tree):
+    """DPP started from SparseGPT's updated weights and mask (weights_from="sparsegpt"), before
+    any step, evaluates exactly as the one-shot SparseGPT model."""
+    cfg = _config(tmp_path, source_tree)
+    pretrain(cfg, tmp_path / "dense")
+    oneshot = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method="sparsegpt")
+    start = replace(
+        oneshot, method="dpp-joint", prior="sparsegpt", weights_from="sparsegpt", steps=0
+    )
+    a = run_method(oneshot, tmp_path / "a")
+    b = run_method(start, tmp_path / "b")
+    assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-5)
+    from dpp.experiments.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prior='sparsegpt'"):
+        replace(start, prior="wanda")
+
+
+def test_a_finished_run_with_other_settings_is_refused(tmp_path, source_tree):
+    """A run directory whose result was made with other settings, or from another dense
+    model, is an error naming what differs, never a silently reused result."""
+    from dpp.experiments.errors import ConfigError
+
+    cfg = _config(tmp_path, source_tree)
+    pretrain(cfg, tmp_path / "dense")
+    run = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method="dense", steps=1, batch=2)
+    run_method(run, tmp_path / "out")
+    with pytest.raises(ConfigError, match="lr differ"):
+        run_method(replace(run, lr=1e-2), tmp_path / "out")
+    (tmp_path / "dense" / "dense.safetensors").write_bytes(b"other")
+    with pytest.raises(ConfigError, match="the dense model"):
+        run_method(run, tmp_path / "out")
+
+
+def test_run_names_follow_the_settings_that_matter():
+    """A run's directory changes with every setting its method uses and with nothing else:
+    one-shot methods have no seed, dense continued no pattern."""
+    base = MaskRunConfig(dense_dir="d", method="dpp-mask")
+    assert base.run_name() != replace(base, noise_scale=0.1).run_name()
+    assert base.run_name() != replace(base, steps=1000).run_name()
+    assert base.run_name() == replace(base, lr=1e-2).run_name()  # frozen weights: lr unused
+    oneshot = MaskRunConfig(dense_dir="d", method="wanda")
+    assert oneshot.run_name() == replace(oneshot, seed=3, lr=1.0).run_name() == "2of4/wanda"
+    dense = MaskRunConfig(dense_dir="d", method="dense")
+    assert dense.run_name() == replace(dense, k=4, m=8).run_name()
+    assert dense.run_name().startswith("dense-continued/")
 
 
 def test_mask_only_dpp_leaves_the_pretrained_weights_unchanged(tmp_path, source_tree, monkeypatch):
@@ -194,17 +245,18 @@ def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tre
         '[[methods]]\nmethod = "magnitude"\n'
     )
     runs = grid_runs(grid)
-    assert len(runs) == 6 and len({d for d, _ in runs}) == 6
+    assert len(runs) == 5 and len({d for d, _ in runs}) == 5  # one-shot: once, not per seed
     assert main(["lm", "grid", str(grid)]) == 0
     results = {d.name: json.loads((d / "result.json").read_text()) for d, _ in runs}
     table = results_table(grid)
     dense_rows = {n: r["tune_loss"] for n, r in results.items() if n.startswith("dense")}
     low = min(
-        ("lr-0.0001", "lr-0.01"), key=lambda s: sum(v for n, v in dense_rows.items() if s in n)
+        ("lr-0.0001_", "lr-0.01_"), key=lambda s: sum(v for n, v in dense_rows.items() if s in n)
     )
-    assert f"| dense | dense_{low} |" in table and "| magnitude |" in table
+    setting = "lr 0.0001" if low == "lr-0.0001_" else "lr 0.01"
+    assert f"| dense | steps 2, {setting} |" in table and "| magnitude |" in table
     assert main(["lm", "grid", str(grid)]) == 0  # resumes: nothing runs again
-    assert "[1/6]" in capsys.readouterr().out
+    assert "[1/5]" in capsys.readouterr().out
 
 
 def test_a_mask_run_refuses_another_corpus_than_the_dense_models(tmp_path, source_tree):

@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     k, _, m = args.pattern.partition(":")
     values = {f.name: getattr(args, f.name) for f in fields(MaskRunConfig) if hasattr(args, f.name)}
     cfg = MaskRunConfig(**{**values, "k": int(k), "m": int(m)})
-    result = run_method(cfg, Path(args.output_dir) / cfg.label())
+    result = run_method(cfg, Path(args.output_dir) / cfg.run_name())
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
     return 0
 

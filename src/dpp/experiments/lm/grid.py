@@ -40,6 +40,7 @@ else:  # pragma: no cover
 __all__ = ["grid_runs", "results_table"]
 
 _SWEPT = (
+    "steps",
     "lr",
     "logit_lr",
     "prior",
@@ -47,6 +48,7 @@ _SWEPT = (
     "prior_strength",
     "temperature",
     "entropy_weight",
+    "weights_from",
 )
 
 
@@ -58,16 +60,13 @@ def _load(grid: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the grid file ({exc})") from exc
 
 
-def _label(cfg: MaskRunConfig, swept: dict[str, Any]) -> str:
-    parts = [cfg.method]
-    for key in _SWEPT:
-        if key in swept:
-            parts.append(f"{key.replace('_', '-')}-{swept[key]}")
-    return "_".join(parts) + f"_s{cfg.seed}"
-
-
 def grid_runs(grid: str | Path) -> list[tuple[Path, MaskRunConfig]]:
-    """``[(run directory, config)]`` of every run of a grid file, in file order."""
+    """``[(run directory, config)]`` of every run of a grid file, in file order.
+
+    A run's directory is :meth:`MaskRunConfig.run_name` below the grid's ``output_dir``, so
+    grids that share runs (dense continued, a setting rerun with more seeds) run them once.
+    A one-shot method does not train and runs once, whatever the seeds.
+    """
     spec = _load(grid)
     k, _, m = str(spec.get("pattern", "2:4")).partition(":")
     common = {
@@ -78,7 +77,7 @@ def grid_runs(grid: str | Path) -> list[tuple[Path, MaskRunConfig]]:
         "batch": spec.get("batch", 16),
     }
     out = Path(spec["output_dir"])
-    runs = []
+    runs: list[tuple[Path, MaskRunConfig]] = []
     for entry in spec.get("methods", []):
         entry = dict(entry)
         unknown = set(entry) - {"method", *_SWEPT}
@@ -89,11 +88,43 @@ def grid_runs(grid: str | Path) -> list[tuple[Path, MaskRunConfig]]:
         for values in itertools.product(*(lists[k] for k in keys)):
             swept = dict(zip(keys, values, strict=True))
             for seed in spec.get("seeds", [0]):
-                cfg = MaskRunConfig(method=entry["method"], seed=seed, **common, **swept)
-                runs.append(
-                    (out / _label(cfg, {k: v for k, v in swept.items() if len(lists[k]) > 1}), cfg)
-                )
+                cfg = MaskRunConfig(**{**common, **swept, "method": entry["method"], "seed": seed})
+                run = (out / cfg.run_name(), cfg)
+                if run[0] not in {d for d, _ in runs}:
+                    runs.append(run)
     return runs
+
+
+def _setting(cfg: MaskRunConfig) -> str:
+    """The setting column: what the method was run with (its prior is in the name)."""
+    shown = {k: v for k, v in cfg.settings().items() if k not in ("prior", "batch")}
+    return ", ".join(
+        f"{key.replace('_', ' ')} {value:g}"
+        if isinstance(value, float)
+        else f"{key.replace('_', ' ')} {value}"
+        for key, value in shown.items()
+    )
+
+
+def run_command(cfg: MaskRunConfig, output_dir: str | Path = "results/lm") -> str:
+    """The ``dpp lm run`` command line of one run (only what differs from the defaults)."""
+    default = MaskRunConfig(dense_dir=cfg.dense_dir, method=cfg.method)
+    parts = [
+        f"dpp lm run --dense-dir {cfg.dense_dir} --method {cfg.method}",
+        f"--pattern {cfg.k}:{cfg.m}",
+    ]
+    for key, value in cfg.settings().items():
+        if getattr(default, key) != value:
+            parts.append(
+                f"--{key.replace('_', '-')} {value:g}"
+                if isinstance(value, float)
+                else f"--{key.replace('_', '-')} {value}"
+            )
+    if cfg.trains:
+        parts.append(f"--seed {cfg.seed}")
+    if str(output_dir) != "results/lm":
+        parts.append(f"--output-dir {output_dir}")
+    return " ".join(parts)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -105,13 +136,15 @@ def _mean_std(values: list[float]) -> str:
 def results_table(grid: str | Path) -> str:
     """A Markdown table of a grid's finished runs: the best setting of each method."""
     groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    configs: dict[str, MaskRunConfig] = {}
     for out_dir, cfg in grid_runs(grid):
         path = out_dir / "result.json"
         if not path.exists():
             continue
         result = json.loads(path.read_text())
         name = cfg.method + (f" ({cfg.prior} prior)" if cfg.method.startswith("dpp") else "")
-        setting = out_dir.name.rsplit("_s", 1)[0]
+        setting = _setting(cfg) or "defaults"
+        configs.setdefault(setting + name, cfg)
         groups.setdefault((name, cfg.method), {}).setdefault(setting, []).append(result)
     if not groups:
         return "(no finished runs)"
@@ -139,4 +172,8 @@ def results_table(grid: str | Path) -> str:
             f"| {name} | {setting} | {_mean_std(losses)} | {gap} | {math.exp(mean):.3f} | "
             f"{mean / math.log(2):.4f} | {len(results)} | {results[0]['tokens']:,} | {ratio} |"
         )
-    return "\n".join(lines)
+    commands = [
+        f"{name}: {run_command(configs[setting + name], _load(grid)['output_dir'])}"
+        for name, (setting, _) in best.items()
+    ]
+    return "\n".join(lines) + "\n\nRows (seed 0):\n\n```\n" + "\n".join(commands) + "\n```"
