@@ -193,6 +193,36 @@ def test_a_finished_run_with_other_settings_is_refused(tmp_path, source_tree):
         run_method(run, tmp_path / "out")
 
 
+def test_a_run_another_process_is_running_is_claimed(tmp_path):
+    """While another process holds a run (its flock), the run is claimed; once that process
+    is gone, however it ended, it is not."""
+    import subprocess
+    import sys
+
+    from dpp.experiments.lm.methods import is_claimed
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from filelock import FileLock; "
+            f"lock = FileLock({str(run / '.lock')!r}); lock.acquire(); print('held', flush=True); "
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert is_claimed(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not is_claimed(run)
+
+
 def test_run_names_follow_the_settings_that_matter():
     """A run's directory changes with every setting its method uses and with nothing else:
     one-shot methods have no seed, dense continued no pattern."""
@@ -273,4 +303,4 @@ def test_a_mask_run_refuses_another_corpus_than_the_dense_models(tmp_path, sourc
     run = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method="dense", steps=1, batch=2)
     with pytest.raises(ConfigError, match="is not the one"):
         run_method(run, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".lock"]  # nothing written

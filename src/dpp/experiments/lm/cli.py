@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .grid import grid_runs, results_table
-from .methods import METHODS, MaskRunConfig, run_method
+from .methods import METHODS, MaskRunConfig, is_claimed, run_method
 from .model import ModelSpec
 from .pretrain import PretrainConfig, pretrain
 
@@ -54,14 +54,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _grid(args: argparse.Namespace) -> int:
     runs = grid_runs(args.grid)
-    for i, (out_dir, cfg) in enumerate(runs):
-        if args.dry_run:
+    if args.dry_run:
+        for out_dir, _ in runs:
             print(out_dir)
-            continue
+        return 0
+    # Runs another process is running now go last (then wait for it and read its result).
+    runs = [r for r in runs if not is_claimed(r[0])] + [r for r in runs if is_claimed(r[0])]
+    for i, (out_dir, cfg) in enumerate(runs):
         result = run_method(cfg, out_dir)
         print(f"[{i + 1}/{len(runs)}] {out_dir}: val loss {result['val_loss']:.4f}", flush=True)
-    if not args.dry_run:
-        print(results_table(args.grid))
+    print(results_table(args.grid))
     return 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 import dpp
 from dpp.metrics import mask_flips
@@ -216,8 +217,32 @@ def _file_sha256(path: Path) -> str | None:
 
 
 def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
-    """Run one method (skipped when its ``result.json`` exists) and return its result."""
+    """Run one method (skipped when its ``result.json`` exists) and return its result.
+
+    The run holds ``<out_dir>/.lock`` (an ``flock``, dropped when the process exits however
+    it exits): a second process asking for the same run waits for it and reads its result.
+    """
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(out / ".lock"):
+        return _run_locked(cfg, out)
+
+
+def is_claimed(out_dir: str | os.PathLike) -> bool:
+    """Whether another process is running this run now."""
+    lock_path = Path(out_dir) / ".lock"
+    if not lock_path.exists():
+        return False
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
     result_path = out / "result.json"
     dense_sha256 = _file_sha256(Path(cfg.dense_dir) / "dense.safetensors")
     if result_path.exists():
