@@ -263,7 +263,7 @@ def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tre
     """`dpp lm grid` runs methods x swept values x seeds, resumes, and
     its table reports each method at the setting with the lowest loss on the tuning windows."""
     from dpp.experiments.cli import main
-    from dpp.experiments.lm.grid import grid_runs, results_table
+    from dpp.experiments.lm.grid import grid_runs, results_table, settings_table
 
     cfg = _config(tmp_path, source_tree)
     pretrain(cfg, tmp_path / "dense")
@@ -287,6 +287,8 @@ def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tre
     assert f"| dense | steps 2, {setting} |" in table and "| magnitude |" in table
     assert main(["lm", "grid", str(grid)]) == 0  # resumes: nothing runs again
     assert "[1/5]" in capsys.readouterr().out
+    every = settings_table(grid).splitlines()[2:]
+    assert len(every) == 5 and sum(row.startswith("| dense |") for row in every) == 4
 
 
 def test_a_mask_run_refuses_another_corpus_than_the_dense_models(tmp_path, source_tree):

@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .grid import grid_runs, results_table
+from .grid import grid_runs, results_table, settings_table
 from .methods import METHODS, MaskRunConfig, is_claimed, run_method
 from .model import ModelSpec
 from .pretrain import PretrainConfig, pretrain
@@ -58,6 +58,9 @@ def _grid(args: argparse.Namespace) -> int:
         for out_dir, _ in runs:
             print(out_dir)
         return 0
+    if args.table_only:
+        print(settings_table(args.grid) if args.every_run else results_table(args.grid))
+        return 0
     # Runs another process is running now go last (then wait for it and read its result).
     runs = [r for r in runs if not is_claimed(r[0])] + [r for r in runs if is_claimed(r[0])]
     for i, (out_dir, cfg) in enumerate(runs):
@@ -96,4 +99,8 @@ def _add_commands(sub: Any) -> None:
     p = sub.add_parser("grid", help="every run of a grid file (resumable), then its table")
     p.add_argument("grid")
     p.add_argument("--dry-run", action="store_true", help="list the runs only")
+    p.add_argument("--table-only", action="store_true", help="print the table of finished runs")
+    p.add_argument(
+        "--every-run", action="store_true", help="with --table-only: every run, not the best"
+    )
     p.set_defaults(func=_grid)

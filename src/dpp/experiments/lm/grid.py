@@ -37,7 +37,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["grid_runs", "results_table"]
+__all__ = ["grid_runs", "results_table", "settings_table"]
 
 _SWEPT = (
     "steps",
@@ -177,3 +177,31 @@ def results_table(grid: str | Path) -> str:
         for name, (setting, _) in best.items()
     ]
     return "\n".join(lines) + "\n\nRows (seed 0):\n\n```\n" + "\n".join(commands) + "\n```"
+
+
+def settings_table(grid: str | Path) -> str:
+    """A Markdown table of every finished run of a grid (what was tried, seed by seed).
+
+    ``flips, last 100 steps``: the fraction of kept entries of DPP's deterministic masks that
+    changed over the run's last 100 steps (from its training curve): 0 once they settled.
+    """
+    lines = [
+        "| method | setting | seed | tune loss | val loss | flips, last 100 steps | tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for out_dir, cfg in grid_runs(grid):
+        path = out_dir / "result.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        name = cfg.method + (f" ({cfg.prior} prior)" if cfg.method.startswith("dpp") else "")
+        curve = result.get("curve") or []
+        flips = ""
+        if cfg.method.startswith("dpp") and curve:
+            flips = f"{sum(p.get('mask_flips', 0.0) for p in curve[-4:]):.3f}"
+        seed = str(cfg.seed) if cfg.trains else ""
+        lines.append(
+            f"| {name} | {_setting(cfg) or 'defaults'} | {seed} | {result['tune_loss']:.4f} | "
+            f"{result['val_loss']:.4f} | {flips} | {result['tokens']:,} |"
+        )
+    return "\n".join(lines)
