@@ -273,9 +273,11 @@ def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tre
         'pattern = "2:4"\nsteps = 2\nbatch = 2\nseeds = [0, 1]\n'
         '[[methods]]\nmethod = "dense"\nlr = [1e-4, 1e-2]\n'
         '[[methods]]\nmethod = "magnitude"\n'
+        '[[methods]]\nmethod = "wanda+ft"\nseeds = [1]\n'
     )
     runs = grid_runs(grid)
-    assert len(runs) == 5 and len({d for d, _ in runs}) == 5  # one-shot: once, not per seed
+    assert len(runs) == 6 and len({d for d, _ in runs}) == 6  # one-shot: once, not per seed
+    assert [c.seed for _, c in runs if c.method == "wanda+ft"] == [1]  # its own seeds
     assert main(["lm", "grid", str(grid)]) == 0
     results = {d.name: json.loads((d / "result.json").read_text()) for d, _ in runs}
     table = results_table(grid)
@@ -286,9 +288,9 @@ def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tre
     setting = "lr 0.0001" if low == "lr-0.0001_" else "lr 0.01"
     assert f"| dense | steps 2, {setting} |" in table and "| magnitude |" in table
     assert main(["lm", "grid", str(grid)]) == 0  # resumes: nothing runs again
-    assert "[1/5]" in capsys.readouterr().out
+    assert "[1/6]" in capsys.readouterr().out
     every = settings_table(grid).splitlines()[2:]
-    assert len(every) == 5 and sum(row.startswith("| dense |") for row in every) == 4
+    assert len(every) == 6 and sum(row.startswith("| dense |") for row in every) == 4
 
 
 def test_a_mask_run_refuses_another_corpus_than_the_dense_models(tmp_path, source_tree):

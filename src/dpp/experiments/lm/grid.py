@@ -12,6 +12,7 @@ A grid file names the dense run, the pattern, the budget and the seeds, then one
     [[methods]]
     method = "wanda+ft"
     lr = [1e-4, 3e-4, 1e-3]
+    seeds = [0]          # this method only: overrides the grid's seeds
 
 Every run has its own directory (skipped once its ``result.json`` exists), so a grid
 resumes where it stopped. The table picks, per method, the setting with the lowest mean
@@ -80,6 +81,7 @@ def grid_runs(grid: str | Path) -> list[tuple[Path, MaskRunConfig]]:
     runs: list[tuple[Path, MaskRunConfig]] = []
     for entry in spec.get("methods", []):
         entry = dict(entry)
+        seeds = entry.pop("seeds", spec.get("seeds", [0]))
         unknown = set(entry) - {"method", *_SWEPT}
         if unknown:
             raise ConfigError(f"{grid}: unknown key(s) {sorted(unknown)} in [[methods]]")
@@ -87,7 +89,7 @@ def grid_runs(grid: str | Path) -> list[tuple[Path, MaskRunConfig]]:
         keys = list(lists)
         for values in itertools.product(*(lists[k] for k in keys)):
             swept = dict(zip(keys, values, strict=True))
-            for seed in spec.get("seeds", [0]):
+            for seed in seeds:
                 cfg = MaskRunConfig(**{**common, **swept, "method": entry["method"], "seed": seed})
                 run = (out / cfg.run_name(), cfg)
                 if run[0] not in {d for d, _ in runs}:
