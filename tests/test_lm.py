@@ -188,6 +188,7 @@ def test_a_finished_run_with_other_settings_is_refused(tmp_path, source_tree):
     run_method(run, tmp_path / "out")
     with pytest.raises(ConfigError, match="lr differ"):
         run_method(replace(run, lr=1e-2), tmp_path / "out")
+    assert run_method(replace(run, k=4, m=8), tmp_path / "out")["val_loss"] > 0  # dense: any k:m
     (tmp_path / "dense" / "dense.safetensors").write_bytes(b"other")
     with pytest.raises(ConfigError, match="the dense model"):
         run_method(run, tmp_path / "out")

@@ -144,6 +144,16 @@ class MaskRunConfig:
                 keys.append("weights_from")
         return {key: getattr(self, key) for key in keys}
 
+    def identity(self) -> set[str]:
+        """The fields a finished run must match to be reused: its settings, its method, its
+        pattern (not for dense continued) and its seed (not for one-shot methods)."""
+        keys = {"method", *self.settings()}
+        if self.method != "dense":
+            keys |= {"k", "m"}
+        if self.trains:
+            keys.add("seed")
+        return keys
+
     def run_name(self) -> str:
         """The run's directory below a results directory, a function of the whole config.
 
@@ -251,7 +261,7 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
         changed = sorted(
             key
             for key, value in dataclasses.asdict(cfg).items()
-            if key != "dense_dir" and recorded.get(key, _DEFAULTS.get(key)) != value
+            if key in cfg.identity() and recorded.get(key, _DEFAULTS.get(key)) != value
         )
         if done.get("dense_sha256", dense_sha256) != dense_sha256:
             changed.append(f"the dense model ({cfg.dense_dir}/dense.safetensors)")
