@@ -27,11 +27,12 @@ import json
 import math
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .methods import MaskRunConfig
+from .methods import CURVE_EVERY, MaskRunConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -142,23 +143,27 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def results_table(grid: str | Path) -> str:
-    """A Markdown table of a grid's finished runs: the best setting of each method."""
-    groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
-    configs: dict[str, MaskRunConfig] = {}
+def _finished(grid: str | Path) -> Iterator[tuple[MaskRunConfig, str, str, dict[str, Any]]]:
+    """``(config, method name, setting, result)`` of every finished run of a grid."""
     for out_dir, cfg in grid_runs(grid):
         path = out_dir / "result.json"
         if not path.exists():
             continue
-        result = json.loads(path.read_text())
         name = cfg.method + (f" ({cfg.prior} prior)" if cfg.method.startswith("dpp") else "")
-        setting = _setting(cfg) or "defaults"
-        configs.setdefault(setting + name, cfg)
-        groups.setdefault((name, cfg.method), {}).setdefault(setting, []).append(result)
+        yield cfg, name, _setting(cfg) or "defaults", json.loads(path.read_text())
+
+
+def results_table(grid: str | Path) -> str:
+    """A Markdown table of a grid's finished runs: the best setting of each method."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    configs: dict[tuple[str, str], MaskRunConfig] = {}
+    for cfg, name, setting, result in _finished(grid):
+        configs.setdefault((name, setting), cfg)
+        groups.setdefault(name, {}).setdefault(setting, []).append(result)
     if not groups:
         return "(no finished runs)"
     best: dict[str, tuple[str, list[dict]]] = {}
-    for (name, _), settings in groups.items():
+    for name, settings in groups.items():
         setting, results = min(
             settings.items(), key=lambda kv: statistics.mean(r["tune_loss"] for r in kv[1])
         )
@@ -181,8 +186,9 @@ def results_table(grid: str | Path) -> str:
             f"| {name} | {setting} | {_mean_std(losses)} | {gap} | {math.exp(mean):.3f} | "
             f"{mean / math.log(2):.4f} | {len(results)} | {results[0]['tokens']:,} | {ratio} |"
         )
+    output_dir = _load(grid)["output_dir"]
     commands = [
-        f"{name}: {run_command(configs[setting + name], _load(grid)['output_dir'])}"
+        f"{name}: {run_command(configs[name, setting], output_dir)}"
         for name, (setting, _) in best.items()
     ]
     return "\n".join(lines) + "\n\nRows (seed 0):\n\n```\n" + "\n".join(commands) + "\n```"
@@ -198,19 +204,15 @@ def settings_table(grid: str | Path) -> str:
         "| method | setting | seed | tune loss | val loss | flips, last 100 steps | tokens |",
         "|---|---|---|---|---|---|---|",
     ]
-    for out_dir, cfg in grid_runs(grid):
-        path = out_dir / "result.json"
-        if not path.exists():
-            continue
-        result = json.loads(path.read_text())
-        name = cfg.method + (f" ({cfg.prior} prior)" if cfg.method.startswith("dpp") else "")
+    last_100 = max(1, 100 // CURVE_EVERY)
+    for cfg, name, setting, result in _finished(grid):
         curve = result.get("curve") or []
         flips = ""
         if cfg.method.startswith("dpp") and curve:
-            flips = f"{sum(p.get('mask_flips', 0.0) for p in curve[-4:]):.3f}"
+            flips = f"{sum(p.get('mask_flips', 0.0) for p in curve[-last_100:]):.3f}"
         seed = str(cfg.seed) if cfg.trains else ""
         lines.append(
-            f"| {name} | {_setting(cfg) or 'defaults'} | {seed} | {result['tune_loss']:.4f} | "
+            f"| {name} | {setting} | {seed} | {result['tune_loss']:.4f} | "
             f"{result['val_loss']:.4f} | {flips} | {result['tokens']:,} |"
         )
     return "\n".join(lines)
