@@ -51,6 +51,8 @@ _SWEPT = (
     "temperature",
     "entropy_weight",
     "weights_from",
+    "logit_dtype",
+    "optimizer",
 )
 
 

@@ -49,6 +49,8 @@ _SHORT = {
     "prior_strength": "strength",
     "entropy_weight": "ent",
     "weights_from": "from",
+    "logit_dtype": "ldtype",
+    "optimizer": "opt",
 }
 """Short names of the settings in run directory names."""
 
@@ -98,6 +100,11 @@ class MaskRunConfig:
     weights SparseGPT keeps take its OBS-updated values and the ones it prunes keep their
     dense values, so that the starting deterministic mask gives the one-shot SparseGPT
     model exactly."""
+    logit_dtype: str = "float32"
+    """DPP's logit storage dtype (``DPPConfig.logit_dtype``): float32, bfloat16 or float16."""
+    optimizer: str = "adamw"
+    """``adamw`` (AdamW over ``pruner.param_groups``) or ``pruner`` (``pruner.optimizer()``,
+    the library's recommended optimizer with compact logit state)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -106,6 +113,8 @@ class MaskRunConfig:
             raise ConfigError(f"pattern {self.k}:{self.m} needs 1 <= k <= m")
         if self.method.startswith("dpp") and self.prior not in ("normal", *ONESHOT_METHODS):
             raise ConfigError(f"prior must be normal, magnitude, wanda or sparsegpt: {self.prior}")
+        if self.optimizer not in ("adamw", "pruner"):
+            raise ConfigError(f"optimizer must be adamw or pruner: {self.optimizer}")
         if self.weights_from not in ("dense", "sparsegpt"):
             raise ConfigError(f"weights_from must be dense or sparsegpt: {self.weights_from}")
         if self.weights_from == "sparsegpt" and (
@@ -142,6 +151,10 @@ class MaskRunConfig:
             ]
             if self.weights_from != "dense":
                 keys.append("weights_from")
+            if self.logit_dtype != "float32":
+                keys.append("logit_dtype")
+        if self.optimizer != "adamw" and (self.method.startswith("dpp") or self.trains):
+            keys.append("optimizer")
         return {key: getattr(self, key) for key in keys}
 
     def identity(self) -> set[str]:
@@ -293,6 +306,8 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
             "entropy_weight": cfg.entropy_weight,
         }
         common = {"granularity": "block", "block_size": cfg.m, "k": cfg.k, "include": DECODER}
+        if cfg.logit_dtype != "float32":
+            common["logit_dtype"] = cfg.logit_dtype
         if cfg.weights_from == "sparsegpt":
             source = _sparsegpt_start(model, cfg, calib)
             pruner = dpp.prune(model, **common, **schedule, mask_source=source)
@@ -312,12 +327,15 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
     step_seconds = 0.0
     curve: list[dict[str, Any]] = []
     if cfg.trains:
-        if pruner is None:
-            groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
+        if cfg.optimizer == "pruner" and pruner is not None:
+            optimizer = pruner.optimizer(lr=cfg.lr, logit_lr=cfg.logit_lr)
         else:
-            groups = pruner.param_groups(lr=cfg.lr, logit_lr=cfg.logit_lr)
-        base_lrs = [g.get("lr", cfg.lr) for g in groups]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
+            if pruner is None:
+                groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
+            else:
+                groups = pruner.param_groups(lr=cfg.lr, logit_lr=cfg.logit_lr)
+            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
         model.train()
         warmup = max(1, cfg.steps // 20)
         t0 = time.perf_counter()
