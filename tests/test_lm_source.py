@@ -63,6 +63,96 @@ def tiny_llama(vocab: int = 100, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
+def write_tiny_gguf(path, seed: int = 0):
+    """Write a tiny Llama (GQA, untied head) with a byte-level BPE tokenizer as a float32 GGUF
+    file, as llama.cpp's converter would (q/k rows permuted); returns (model, tokenizer)."""
+    gguf = pytest.importorskip("gguf")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(TEXTS * 5, trainer=trainer)
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    eos = vocab["<|endoftext|>"]
+    heads, kv_heads = 2, 1
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokens),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+    )
+    model = LlamaForCausalLM(config).eval()
+
+    def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_context_length(64)
+    writer.add_embedding_length(16)
+    writer.add_feed_forward_length(32)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if i == eos else 1 for i in range(len(tokens))])
+    writer.add_token_merges(merges)
+    writer.add_eos_token_id(eos)
+    writer.add_bos_token_id(eos)
+    top = {
+        "model.embed_tokens.weight": "token_embd",
+        "model.norm.weight": "output_norm",
+        "lm_head.weight": "output",
+    }
+    block = {
+        "input_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    for key, tensor in model.state_dict().items():
+        w = tensor.numpy()
+        if key in top:
+            name = top[key]
+        else:  # model.layers.<i>.<module path>.weight
+            parts = key.split(".")
+            name = f"blk.{parts[2]}.{block['.'.join(parts[3:-1])]}"
+        if name.endswith("attn_q"):
+            w = permute(w, heads).reshape(w.shape)
+        elif name.endswith("attn_k"):
+            w = permute(w, kv_heads).reshape(w.shape)
+        writer.add_tensor(f"{name}.weight", np.ascontiguousarray(w, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return model, tok
+
+
 @pytest.fixture
 def hf_dir(tmp_path):
     """A tiny Llama and its tokenizer saved with save_pretrained."""
@@ -125,6 +215,41 @@ def test_byte_level_run_dir_loads_as_bytes(tmp_path):
     assert loaded.encode(b"ab\x00").tolist() == [97, 98, 0]
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(loaded.model(ids).logits, model.eval()(ids).logits)
+
+
+def test_gguf_file_loads_with_same_logits_and_its_tokenizer(tmp_path):
+    """A GGUF file written by the gguf package loads with the written model's logits, its own
+    tokenizer and the file's SHA-256 as its identity."""
+    path = tmp_path / "tiny-llama.F32.gguf"
+    reference, tok = write_tiny_gguf(path)
+    loaded = load_causal_lm(path)
+    ids = torch.tensor([[1, 5, 7, 9, 2, 250]])
+    assert not loaded.model.training
+    torch.testing.assert_close(loaded.model(ids).logits, reference(ids).logits)
+    assert loaded.name == "tiny-llama.F32.gguf" and loaded.vocab_size == 300
+    assert loaded.sha256 == file_sha256(path) == model_digest(path)
+    check_gguf_digest(path, loaded.sha256)
+    text = "the lazy fox: import sys"
+    assert loaded.encode(text.encode()).tolist() == tok.encode(text).ids
+    assert loaded.eos_id == tok.token_to_id("<|endoftext|>")
+    again = tmp_path / "again"
+    again.mkdir()
+    write_tiny_gguf(again / "tiny-llama.F32.gguf", seed=1)
+    assert model_digest(again / "tiny-llama.F32.gguf") != loaded.sha256
+
+
+def test_gguf_of_an_unknown_architecture_is_refused(tmp_path):
+    """A GGUF file transformers cannot read as a causal LM gives a ModelError naming it."""
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "no-such-arch")
+    writer.add_tensor("x.weight", np.zeros((2, 2), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelError, match=r"odd\.gguf: .*no-such-arch.*pass a GGUF file of an"):
+        load_causal_lm(path)
 
 
 def test_token_corpus_with_a_real_tokenizer(hf_dir, tmp_path):

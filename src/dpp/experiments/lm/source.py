@@ -214,9 +214,14 @@ def _from_pretrained(directory: Path, dtype: torch.dtype, gguf_file: str | None,
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as exc:
+        fix = (
+            "pass a GGUF file of an architecture transformers' GGUF loader reads (llama, "
+            "mistral, qwen2, ...), or convert the model to a save_pretrained directory"
+            if gguf_file is not None
+            else "save the model's tokenizer there with `tokenizer.save_pretrained(...)`"
+        )
         raise ModelError(
-            f"{where}: its tokenizer cannot be loaded ({type(exc).__name__}: {exc}); save the "
-            f"model's tokenizer there with `tokenizer.save_pretrained(...)`"
+            f"{where}: its tokenizer cannot be loaded ({type(exc).__name__}: {exc}); {fix}"
         ) from exc
     try:
         model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, **kwargs)
