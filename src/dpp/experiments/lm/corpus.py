@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -50,15 +50,13 @@ import torch
 from ..checkpoint import atomic_write_bytes
 from ..errors import UserError
 
-if TYPE_CHECKING:
-    from .source import LoadedModel
-
 __all__ = [
     "CORPORA",
     "TOKEN_CORPORA",
     "Corpus",
     "CorpusError",
     "TokenCorpus",
+    "Tokenizes",
     "corpus_files",
     "load",
     "mixed_batch",
@@ -267,8 +265,20 @@ def load(directory: str | os.PathLike, *, tokenizer_id: str | None = None) -> Co
 Encoder = Callable[[bytes], np.ndarray]
 
 
+class Tokenizes(Protocol):
+    """What :func:`prepare_tokens` needs of a model: a
+    :class:`~dpp.experiments.lm.source.LoadedModel` has it (not imported here, so that this
+    module does not depend on the model loader)."""
+
+    tokenizer_id: str
+    eos_id: int | None
+    vocab_size: int
+
+    def encode_batch(self, texts: Sequence[bytes]) -> list[np.ndarray]: ...
+
+
 def _tokenizer_of(
-    model: LoadedModel | tuple[Encoder, str, int | None],
+    model: Tokenizes | tuple[Encoder, str, int | None],
 ) -> tuple[Callable[[list[bytes]], list[np.ndarray]], str, int | None, int | None]:
     """``(encode_batch, tokenizer_id, eos_id, vocab_size or None)`` of a model or a tuple."""
     if isinstance(model, tuple):
@@ -309,7 +319,7 @@ def token_corpus_dir(
 def prepare_tokens(
     name: str,
     out_dir: str | os.PathLike,
-    model: LoadedModel | tuple[Encoder, str, int | None],
+    model: Tokenizes | tuple[Encoder, str, int | None],
     root: str | os.PathLike | None = None,
     *,
     batch_files: int = 32,
@@ -320,7 +330,9 @@ def prepare_tokens(
     Every file (sorted, split by file with :func:`split_of`) becomes its tokens followed by
     ``eos_id``. Written atomically to :func:`token_corpus_dir` ``(out_dir, name, tokenizer)``:
     ``train.bin`` and ``val.bin`` (``uint8`` for a vocabulary of at most 256, ``uint16`` up to
-    65536, else ``uint32``, little-endian), then ``manifest.json``.
+    65536, else ``uint32``, little-endian), then ``manifest.json`` (its presence marks a
+    complete corpus). The result is deterministic, so two processes preparing the same corpus
+    at once write the same files.
 
     Args:
         name: a corpus of :data:`CORPORA` (the benchmark uses :data:`TOKEN_CORPORA`).
