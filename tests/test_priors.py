@@ -151,6 +151,51 @@ def test_sparsegpt_prior_starts_from_its_mask_and_keeps_the_weights():
         assert torch.equal(model.state_dict()[key], value), key
 
 
+def test_sparsegpt_saliency_is_recorded_when_each_group_is_decided():
+    """return_saliency: within every N:M block the kept weights have at least the saliency
+    of the pruned ones, and the first block's saliency is W^2 / [H^-1]_jj of the dense W."""
+    torch.manual_seed(2)
+    w = torch.randn(5, 16, dtype=torch.float64)
+    x = _correlated_inputs(60, 16, seed=4)
+    h = x.T @ x
+    mask, new_w, sal = sparsegpt_prune(w, h, k=2, block_size=4, return_saliency=True)
+    ref_mask, ref_w = sparsegpt_prune(w, h, k=2, block_size=4)
+    assert torch.equal(mask, ref_mask) and torch.equal(new_w, ref_w)
+    s, m = sal.reshape(-1, 4), mask.reshape(-1, 4)
+    assert (s.masked_fill(~m, float("inf")).amin(1) >= s.masked_fill(m, -1.0).amax(1)).all()
+    damped = h + 0.01 * h.diagonal().mean() * torch.eye(16, dtype=torch.float64)
+    hinv_diag = torch.linalg.inv(damped).diagonal()
+    torch.testing.assert_close(sal[:, 0], w[:, 0] ** 2 / hinv_diag[0])
+
+
+def test_sparsegpt_saliency_prior_is_graded_and_starts_from_sparsegpts_mask():
+    """logit_init='sparsegpt-saliency': the first deterministic mask is SparseGPT's (as with
+    'sparsegpt'), the logits are graded (not two-valued), and the weights stay unchanged."""
+    batches = [torch.randn(20, 16) for _ in range(2)]
+    masks, logits = {}, {}
+    for init in ("sparsegpt", "sparsegpt-saliency"):
+        model = _mlp()
+        dense = {k: v.clone() for k, v in model.state_dict().items()}
+        pruner = dpp.prune(
+            model,
+            granularity="block",
+            block_size=4,
+            k=2,
+            logit_init=init,
+            logit_init_std=3.0,
+            calibration_data=batches,
+        )
+        model.eval()
+        masks[init] = pruner.masks()
+        logits[init] = pruner.layers["0"].dpp.logits.detach()
+        for key, value in dense.items():
+            assert torch.equal(model.state_dict()[key], value), key
+    for name, mask in masks["sparsegpt"].items():
+        assert torch.equal(masks["sparsegpt-saliency"][name], mask), name
+    assert logits["sparsegpt"].unique().numel() == 2
+    assert logits["sparsegpt-saliency"].unique().numel() > 10
+
+
 def test_wanda_score_of_a_conv_uses_its_input_patches():
     """A 1x1 Conv2d gets the same Wanda scores as the Linear over its channels."""
     conv = nn.Conv2d(6, 4, 1, bias=False)

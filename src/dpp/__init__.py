@@ -18,6 +18,7 @@ from .granularity import GRANULARITIES, GroupLayout
 from .layers import DPPConv1d, DPPConv2d, DPPConv3d, DPPLayer, DPPLinear, is_dpp_layer
 from .maskfile import MaskFileError, load_masks, save_masks
 from .masks import DPPMask, FixedMask, MaskSource
+from .oneshot import OneShotResult, oneshot
 from .pruner import FinalizedError, FinalizedLayer, Pruner, prune
 from .quantization import QuantSpec
 from .sampling import gumbel_topk, relaxed_topk
@@ -41,6 +42,7 @@ __all__ = [
     "LayerSettings",
     "MaskFileError",
     "MaskSource",
+    "OneShotResult",
     "Pruner",
     "QuantSpec",
     "Schedule",
@@ -48,6 +50,7 @@ __all__ = [
     "gumbel_topk",
     "is_dpp_layer",
     "load_masks",
+    "oneshot",
     "prune",
     "relaxed_topk",
     "save_masks",

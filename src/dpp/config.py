@@ -13,7 +13,7 @@ from .schedules import Schedule
 
 __all__ = ["OVERRIDE_KEYS", "DPPConfig", "LayerSettings", "matches_pattern"]
 
-LOGIT_INITS = ("normal", "magnitude", "wanda", "sparsegpt")
+LOGIT_INITS = ("normal", "magnitude", "wanda", "sparsegpt", "sparsegpt-saliency")
 OVERRIDE_KEYS = (
     "granularity",
     "density",
@@ -124,9 +124,15 @@ class DPPConfig:
             multiplied by ``logit_init_std`` (the *prior strength*; 3.0 is a good value for a
             pretrained model), so that the first deterministic masks are the prior's:
             ``"magnitude"`` (``|W|``), ``"wanda"`` (``|W_ij| * ||X_j||_2`` over calibration
-            inputs) or ``"sparsegpt"`` (the mask SparseGPT's OBS selection picks, weights left
-            unchanged; weight and block granularity). ``"wanda"`` and ``"sparsegpt"`` need
-            ``dpp.prune(..., calibration_data=...)``; see :mod:`dpp.priors`.
+            inputs), ``"sparsegpt"`` (the mask SparseGPT's OBS selection picks, as a 0/1
+            score, weights left unchanged; weight and block granularity) or
+            ``"sparsegpt-saliency"`` (the same selection, graded: the log of SparseGPT's OBS
+            saliency ``W^2 / [H^-1]_jj`` at the moment each group is decided, so that the
+            start also says how sure the selection was; its top-k is SparseGPT's mask).
+            ``"wanda"`` and both ``"sparsegpt"`` priors need
+            ``dpp.prune(..., calibration_data=...)`` and take every layer's inputs from one
+            pass of the dense model (:func:`dpp.oneshot` prunes sequentially instead); see
+            :mod:`dpp.priors`.
         entropy_weight: ``lambda`` of ``Pruner.entropy_loss()``.
         weight_bits: ``None`` (float), 2..8 or ``"binary"``: joint weight quantization.
         quant_scale: ``"channel"`` or ``"tensor"`` quantization scale.

@@ -2,8 +2,9 @@
 
 A prior says, per group of a layer's :class:`~dpp.granularity.GroupLayout`, which k
 candidates a one-shot method would keep. :func:`dpp.prune` turns it into initial logits
-(``logit_init="magnitude" | "wanda" | "sparsegpt"``), so that the deterministic mask before
-training is exactly the prior's choice; the same functions serve as one-shot baselines.
+(``logit_init="magnitude" | "wanda" | "sparsegpt" | "sparsegpt-saliency"``), so that the
+deterministic mask before training is exactly the prior's choice; the same functions serve
+:func:`dpp.oneshot`, the one-shot pruning of a whole model.
 
 Every function works on the layer's weight as a ``[out, in]`` matrix: ``nn.Linear`` as it
 is, a convolution flattened to ``[C_out, C_in/groups * prod(kernel)]``, and transformers'
@@ -37,15 +38,20 @@ from .layers import canonical_weight
 
 __all__ = [
     "CALIBRATED_PRIORS",
+    "HESSIAN_PRIORS",
     "InputStats",
     "calibrate",
+    "graded_scores",
     "prior_scores",
     "sparsegpt_prune",
     "wanda_scores",
+    "watch_inputs",
 ]
 
 #: Priors that need calibration inputs.
-CALIBRATED_PRIORS = ("wanda", "sparsegpt")
+CALIBRATED_PRIORS = ("wanda", "sparsegpt", "sparsegpt-saliency")
+#: Priors that also need each layer's input Hessian ``X^T X``.
+HESSIAN_PRIORS = ("sparsegpt", "sparsegpt-saliency")
 
 
 def _matrix(module: nn.Module) -> Tensor:
@@ -117,6 +123,58 @@ def _as_call(batch: Any) -> tuple[tuple, dict]:
     return (batch,), {}
 
 
+def feed_batch(model: nn.Module, index: int, batch: Any, **extra: Any) -> Any:
+    """Call ``model`` on one calibration batch (a tensor, a tuple of arguments or a dict of
+    keyword arguments, plus ``extra`` keyword arguments); a batch the model cannot run on is
+    a ``ValueError`` naming its index, its shapes and the model's error."""
+    args, kwargs = _as_call(batch)
+    try:
+        return model(*args, **kwargs, **extra)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        shapes = [tuple(a.shape) for a in args if isinstance(a, Tensor)] or {
+            k: tuple(v.shape) for k, v in kwargs.items() if isinstance(v, Tensor)
+        }
+        raise ValueError(
+            f"calibration_data batch {index} (shapes {shapes}) cannot be fed to "
+            f"{type(model).__name__}: {exc}. Each item must be what the model is "
+            "called with: a tensor, a tuple of arguments or a dict of keyword "
+            "arguments."
+        ) from exc
+
+
+def watch_inputs(
+    layers: Mapping[str, nn.Module],
+    stats: Mapping[str, InputStats],
+    *,
+    hessian: Iterable[str] = (),
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Forward pre-hooks that add every call's inputs of ``layers`` to ``stats`` (in place).
+
+    Each call adds its ``[tokens, in]`` rows (float64) to ``sq_norm``, and to ``hessian``
+    (``X^T X``) for the layers named in ``hessian``. The caller removes the returned handles.
+    """
+    need_h = set(hessian)
+
+    def hook_for(name: str, module: nn.Module):
+        def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else next(iter(kwargs.values()))
+            rows = _layer_rows(module, x.detach()).double()
+            st = stats[name]
+            sq = rows.square().sum(0)
+            st.sq_norm = sq if st.sq_norm is None else st.sq_norm + sq
+            if name in need_h:
+                h = rows.T @ rows
+                st.hessian = h if st.hessian is None else st.hessian + h
+            st.tokens += rows.shape[0]
+
+        return hook
+
+    return [
+        module.register_forward_pre_hook(hook_for(name, module), with_kwargs=True)
+        for name, module in layers.items()
+    ]
+
+
 def calibrate(
     model: nn.Module,
     layers: Mapping[str, nn.Module],
@@ -143,46 +201,15 @@ def calibrate(
         ValueError: no calibration batch, a batch the model cannot run on (the message names
             its index and the model's error), or a layer that no batch reached.
     """
-    need_h = set(hessian)
     stats = {name: InputStats() for name in layers}
-
-    def hook_for(name: str, module: nn.Module):
-        def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = args[0] if args else next(iter(kwargs.values()))
-            rows = _layer_rows(module, x.detach()).double()
-            st = stats[name]
-            sq = rows.square().sum(0)
-            st.sq_norm = sq if st.sq_norm is None else st.sq_norm + sq
-            if name in need_h:
-                h = rows.T @ rows
-                st.hessian = h if st.hessian is None else st.hessian + h
-            st.tokens += rows.shape[0]
-
-        return hook
-
-    handles = [
-        module.register_forward_pre_hook(hook_for(name, module), with_kwargs=True)
-        for name, module in layers.items()
-    ]
+    handles = watch_inputs(layers, stats, hessian=hessian)
     was_training = model.training
     model.eval()
     batches = 0
     try:
         with torch.no_grad():
             for i, batch in enumerate(calibration_data):
-                args, kwargs = _as_call(batch)
-                try:
-                    model(*args, **kwargs)
-                except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                    shapes = [tuple(a.shape) for a in args if isinstance(a, Tensor)] or {
-                        k: tuple(v.shape) for k, v in kwargs.items() if isinstance(v, Tensor)
-                    }
-                    raise ValueError(
-                        f"calibration_data batch {i} (shapes {shapes}) cannot be fed to "
-                        f"{type(model).__name__}: {exc}. Each item must be what the model is "
-                        "called with: a tensor, a tuple of arguments or a dict of keyword "
-                        "arguments."
-                    ) from exc
+                feed_batch(model, i, batch)
                 batches += 1
     finally:
         for h in handles:
@@ -229,7 +256,8 @@ def sparsegpt_prune(
     block_size: int | None = None,
     dampening: float = 0.01,
     column_block: int = 128,
-) -> tuple[Tensor, Tensor]:
+    return_saliency: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """SparseGPT's one-shot selection with the OBS weight update, for one layer.
 
     Columns (inputs) are processed left to right in blocks of ``column_block``; the inverse
@@ -248,10 +276,18 @@ def sparsegpt_prune(
             an even quota so that every row keeps exactly k.
         dampening: relative dampening ``lambda / mean(diag H)``.
         column_block: width of the lazy-update blocks.
+        return_saliency: also return the graded saliency.
 
     Returns:
         ``(mask, new_weight)``: bool ``[out, in]`` with exactly k kept per group, and the
-        updated weight (zero where pruned) in ``weight``'s dtype.
+        updated weight (zero where pruned) in ``weight``'s dtype, on ``weight``'s device.
+        With ``return_saliency=True`` a third tensor, ``[out, in]`` float64: each weight's
+        OBS saliency ``W_ij^2 / [H^-1]_jj`` at the moment its group was decided (the weight
+        then already carries the updates of the columns before it). Within an N:M block
+        every kept weight has at least the saliency of every pruned one; with
+        ``block_size=None`` that holds within each lazy-update block of a row, whose share
+        of the row's k is decided there (see :func:`graded_scores` for an order over the
+        whole row).
     """
     out_dim, n_in = weight.shape
     if tuple(hessian.shape) != (n_in, n_in):
@@ -270,8 +306,9 @@ def sparsegpt_prune(
     damp = dampening * torch.diagonal(h).mean()
     h.diagonal().add_(damp)
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    pruned = torch.zeros(out_dim, n_in, dtype=torch.bool)
-    kept_so_far = torch.zeros(out_dim, dtype=torch.long)
+    pruned = torch.zeros(out_dim, n_in, dtype=torch.bool, device=w.device)
+    saliency = torch.zeros(out_dim, n_in, dtype=torch.float64, device=w.device)
+    kept_so_far = torch.zeros(out_dim, dtype=torch.long, device=w.device)
     for c0 in range(0, n_in, column_block):
         c1 = min(c0 + column_block, n_in)
         w1 = w[:, c0:c1].clone()
@@ -281,10 +318,11 @@ def sparsegpt_prune(
         if m is None:
             # This block's share of the row's k, by saliency over the block.
             sal = w1.square() / d.square()
+            saliency[:, c0:c1] = sal
             quota = _keep_quota(c0, c1 - c0, n_in, k) - kept_so_far
             order = sal.argsort(dim=1, descending=True, stable=True)
             ranks = torch.empty_like(order)
-            ranks.scatter_(1, order, torch.arange(c1 - c0).expand_as(order))
+            ranks.scatter_(1, order, torch.arange(c1 - c0, device=w.device).expand_as(order))
             block_pruned = ranks >= quota[:, None]
             pruned[:, c0:c1] = block_pruned
             kept_so_far += (~block_pruned).sum(1)
@@ -292,6 +330,7 @@ def sparsegpt_prune(
             col = c0 + i
             if m is not None and col % m == 0:
                 sal = w1[:, i : i + m].square() / d[i : i + m].square()
+                saliency[:, col : col + m] = sal
                 drop = sal.topk(m - k, dim=1, largest=False).indices if k < m else None
                 if drop is not None:
                     pruned[:, col : col + m].scatter_(1, drop, True)
@@ -303,7 +342,36 @@ def sparsegpt_prune(
         w[:, c0:c1] = w1
         w[:, c1:] -= err @ u[c0:c1, c1:]
     w[pruned] = 0.0
+    if return_saliency:
+        return ~pruned, w.to(weight.dtype), saliency
     return ~pruned, w.to(weight.dtype)
+
+
+def graded_scores(saliency: Tensor, keep: Tensor, *, log: bool = True) -> Tensor:
+    """``[groups, n]`` graded scores whose top-k in every group is exactly ``keep``.
+
+    SparseGPT decides a row's weights block by block, so a pruned weight of an earlier
+    block can have a higher recorded saliency than a kept weight of a later one. Here every
+    pruned score is lowered, where needed, to just below the smallest kept score of its
+    group, so that kept candidates rank above pruned ones; the grading is otherwise kept.
+
+    Args:
+        saliency: ``[groups, n]`` non-negative scores (``W^2 / [H^-1]_jj``, ``|W|``, ...).
+        keep: ``[groups, n]`` bool, the candidates kept.
+        log: score ``log(saliency)`` (saliencies span orders of magnitude; a zero becomes
+            the group's largest value times ``1e-12``) instead of the saliency itself.
+
+    Returns:
+        ``[groups, n]`` float32 scores, higher: keep.
+    """
+    s = saliency.detach().double()
+    if log:
+        floor = s.amax(-1, keepdim=True).clamp_min(1e-300) * 1e-12
+        s = torch.maximum(s, floor).log()
+    s = s.float()
+    kept_min = s.masked_fill(~keep, float("inf")).amin(-1, keepdim=True)
+    ceiling = torch.nextafter(kept_min, torch.full_like(kept_min, -float("inf")))
+    return torch.where(keep, s, torch.minimum(s, ceiling))
 
 
 def prior_scores(
@@ -316,31 +384,40 @@ def prior_scores(
     """``[num_groups, n]`` scores of a one-shot prior for one layer (higher: keep).
 
     Args:
-        kind: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (a 0/1 score: SparseGPT's mask).
+        kind: ``"magnitude"``, ``"wanda"``, ``"sparsegpt"`` (a 0/1 score: SparseGPT's mask)
+            or ``"sparsegpt-saliency"`` (SparseGPT's graded OBS saliency, as
+            :func:`graded_scores` of it: ``log(W^2 / [H^-1]_jj)`` at the moment each group
+            is decided, lowered where needed so that its top-k is SparseGPT's mask).
         name: the layer's name, for error messages.
         module: the dense layer.
         layout: its :class:`~dpp.granularity.GroupLayout`.
-        stats: its calibration statistics (``"wanda"``, ``"sparsegpt"``).
+        stats: its calibration statistics (``"wanda"``, ``"sparsegpt"``,
+            ``"sparsegpt-saliency"``).
     """
     if kind == "magnitude":
         return layout.candidate_scores(canonical_weight(module))
+    if kind not in CALIBRATED_PRIORS:
+        raise ValueError(
+            f"unknown prior {kind!r}; valid: magnitude, {', '.join(CALIBRATED_PRIORS)}"
+        )
     if stats is None or stats.sq_norm is None:
         raise ValueError(f"layer {name!r}: logit_init={kind!r} needs calibration inputs")
     w = _matrix(module).detach()
     if kind == "wanda":
-        scores = wanda_scores(w, stats.sq_norm)
-    elif kind == "sparsegpt":
-        if layout.granularity not in ("weight", "block"):
-            raise ValueError(
-                f"layer {name!r}: logit_init='sparsegpt' selects single weights (weight or "
-                f"block granularity), not {layout.granularity!r} groups; use 'wanda' or "
-                "'magnitude' there, or an override"
-            )
-        if stats.hessian is None:
-            raise ValueError(f"layer {name!r}: logit_init='sparsegpt' needs the input Hessian")
-        block = layout.block_size if layout.granularity == "block" else None
-        mask, _ = sparsegpt_prune(w, stats.hessian, k=layout.k, block_size=block)
-        scores = mask.float()
-    else:
-        raise ValueError(f"unknown prior {kind!r}; valid: magnitude, wanda, sparsegpt")
-    return layout.candidate_scores(_view_shaped(module, scores))
+        return layout.candidate_scores(_view_shaped(module, wanda_scores(w, stats.sq_norm)))
+    if layout.granularity not in ("weight", "block"):
+        raise ValueError(
+            f"layer {name!r}: logit_init={kind!r} selects single weights (weight or "
+            f"block granularity), not {layout.granularity!r} groups; use 'wanda' or "
+            "'magnitude' there, or an override"
+        )
+    if stats.hessian is None:
+        raise ValueError(f"layer {name!r}: logit_init={kind!r} needs the input Hessian")
+    block = layout.block_size if layout.granularity == "block" else None
+    mask, _, saliency = sparsegpt_prune(
+        w, stats.hessian, k=layout.k, block_size=block, return_saliency=True
+    )
+    shape = (layout.num_groups, layout.n)  # weight/block: the [out, in] order, regrouped
+    if kind == "sparsegpt":
+        return mask.float().reshape(shape)
+    return graded_scores(saliency.reshape(shape), mask.reshape(shape))

@@ -26,7 +26,7 @@ from .layers import (
 )
 from .masks import DPPMask, MaskSource
 from .modeltools import module_aliases, set_module
-from .priors import CALIBRATED_PRIORS, InputStats, calibrate, prior_scores
+from .priors import CALIBRATED_PRIORS, HESSIAN_PRIORS, InputStats, calibrate, prior_scores
 from .quantization import QuantSpec
 
 __all__ = ["FinalizedError", "FinalizedLayer", "LayerRow", "Pruner", "prune"]
@@ -840,7 +840,7 @@ def prune(
     stats: dict[str, InputStats] = {}
     if calibration_data is not None:
         learned = {n: m for n, m, _ in plans if layouts[n] is not None}
-        hessian = learned if cfg.logit_init == "sparsegpt" else ()
+        hessian = learned if cfg.logit_init in HESSIAN_PRIORS else ()
         stats = calibrate(model, learned, calibration_data, hessian=hessian)
     module_names = module_aliases(model)
     in_fast_path = _fast_path_members(model)

@@ -26,11 +26,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+import dpp
+
 from ..checkpoint import atomic_write, remove_stale_temp_files
 from ..errors import ConfigError, RunDirError
 from .corpus import Corpus, prepare
 from .model import ModelSpec, build_model, evaluate, train_batch, val_windows
-from .oneshot import block_linears, oneshot_masks
+from .oneshot import block_linears
 
 __all__ = ["PretrainConfig", "load_dense", "lr_at", "pretrain"]
 
@@ -110,11 +112,15 @@ def oneshot_gaps(model, corpus: Corpus, cfg: PretrainConfig, windows) -> dict[st
     out = {"dense": evaluate(model, windows)["val_loss"]}
     calib = calibration_set(corpus, cfg)
     for method in ("magnitude", "wanda"):
-        pruned = copy.deepcopy(model)
-        masks = oneshot_masks(pruned, method, k=2, m=4, calibration=calib)
-        with torch.no_grad():
-            for name, layer in block_linears(pruned).items():
-                layer.weight.mul_(masks[name])
+        pruned = copy.deepcopy(model)  # pruned in place: zeros where the mask prunes
+        dpp.oneshot(
+            pruned,
+            method,
+            k=2,
+            block_size=4,
+            calibration_data=calib if method == "wanda" else None,
+            include=list(block_linears(pruned)),
+        )
         out[method] = evaluate(pruned, windows)["val_loss"]
     return out
 
