@@ -196,6 +196,28 @@ def test_sparsegpt_saliency_prior_is_graded_and_starts_from_sparsegpts_mask():
     assert logits["sparsegpt-saliency"].unique().numel() > 10
 
 
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(6, 4), nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.q(x) + self.k(x)
+
+
+def test_layers_on_one_input_share_their_statistics_exactly():
+    """Two layers called on the same input get exactly its X^T X and column norms."""
+    model = _TwoHeads()
+    batches = [torch.randn(5, 6) for _ in range(3)]
+    stats = calibrate(model, {"q": model.q, "k": model.k}, batches, hessian=["k"])
+    x = torch.cat(batches).double()
+    for name in ("q", "k"):
+        torch.testing.assert_close(stats[name].sq_norm, x.square().sum(0))
+        assert stats[name].tokens == 15
+    torch.testing.assert_close(stats["k"].hessian, x.T @ x)
+    assert stats["q"].hessian is None
+
+
 def test_wanda_score_of_a_conv_uses_its_input_patches():
     """A 1x1 Conv2d gets the same Wanda scores as the Linear over its channels."""
     conv = nn.Conv2d(6, 4, 1, bias=False)

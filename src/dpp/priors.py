@@ -151,19 +151,33 @@ def watch_inputs(
     """Forward pre-hooks that add every call's inputs of ``layers`` to ``stats`` (in place).
 
     Each call adds its ``[tokens, in]`` rows (float64) to ``sq_norm``, and to ``hessian``
-    (``X^T X``) for the layers named in ``hessian``. The caller removes the returned handles.
+    (``X^T X``) for the layers named in ``hessian``. Consecutive non-convolution layers
+    called on the same input tensor (a block's q/k/v projections) share one computation.
+    The caller removes the returned handles.
     """
     need_h = set(hessian)
+    # The last input seen by a non-convolution layer: (tensor, version, rows, sq, X^T X).
+    last: list[Any] = [None, -1, None, None, None]
 
     def hook_for(name: str, module: nn.Module):
+        shareable = not isinstance(module, nn.modules.conv._ConvNd)
+
         def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             x = args[0] if args else next(iter(kwargs.values()))
-            rows = _layer_rows(module, x.detach()).double()
+            if shareable and last[0] is x and last[1] == x._version:
+                rows, sq, h = last[2], last[3], last[4]
+            else:
+                rows = _layer_rows(module, x.detach()).double()
+                sq, h = rows.square().sum(0), None
+                if shareable:
+                    last[:] = [x, x._version, rows, sq, None]
             st = stats[name]
-            sq = rows.square().sum(0)
             st.sq_norm = sq if st.sq_norm is None else st.sq_norm + sq
             if name in need_h:
-                h = rows.T @ rows
+                if h is None:
+                    h = rows.T @ rows
+                    if shareable and last[0] is x:
+                        last[4] = h
                 st.hessian = h if st.hessian is None else st.hessian + h
             st.tokens += rows.shape[0]
 
