@@ -147,7 +147,7 @@ def test_every_method_runs_and_records_its_budget(tmp_path, source_tree, method)
     again once its result exists."""
     cfg = _config(tmp_path, source_tree)
     pretrain(cfg, tmp_path / "dense")
-    run = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method=method, steps=2, batch=2)
+    run = MaskRunConfig(model=str(tmp_path / "dense"), method=method, steps=2, batch=2)
     result = run_method(run, tmp_path / "out")
     assert result["val_loss"] > 0 and result["val_bpb"] == pytest.approx(
         result["val_loss"] / 0.6931471805599453
@@ -164,7 +164,7 @@ def test_dpp_from_sparsegpts_weights_starts_at_the_one_shot_sparsegpt_model(tmp_
     any step, evaluates exactly as the one-shot SparseGPT model."""
     cfg = _config(tmp_path, source_tree)
     pretrain(cfg, tmp_path / "dense")
-    oneshot = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method="sparsegpt")
+    oneshot = MaskRunConfig(model=str(tmp_path / "dense"), method="sparsegpt")
     start = replace(
         oneshot, method="dpp-joint", prior="sparsegpt", weights_from="sparsegpt", steps=0
     )
@@ -184,7 +184,7 @@ def test_a_finished_run_with_other_settings_is_refused(tmp_path, source_tree):
 
     cfg = _config(tmp_path, source_tree)
     pretrain(cfg, tmp_path / "dense")
-    run = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method="dense", steps=1, batch=2)
+    run = MaskRunConfig(model=str(tmp_path / "dense"), method="dense", steps=1, batch=2)
     run_method(run, tmp_path / "out")
     with pytest.raises(ConfigError, match="lr differ"):
         run_method(replace(run, lr=1e-2), tmp_path / "out")
@@ -227,35 +227,36 @@ def test_a_run_another_process_is_running_is_claimed(tmp_path):
 def test_run_names_follow_the_settings_that_matter():
     """A run's directory changes with every setting its method uses and with nothing else:
     one-shot methods have no seed, dense continued no pattern."""
-    base = MaskRunConfig(dense_dir="d", method="dpp-mask")
+    base = MaskRunConfig(model="d", method="dpp-mask")
     assert base.run_name() != replace(base, noise_scale=0.1).run_name()
     assert base.run_name() != replace(base, steps=1000).run_name()
     assert base.run_name() == replace(base, lr=1e-2).run_name()  # frozen weights: lr unused
-    oneshot = MaskRunConfig(dense_dir="d", method="wanda")
+    oneshot = MaskRunConfig(model="d", method="wanda")
     assert oneshot.run_name() == replace(oneshot, seed=3, lr=1.0).run_name() == "2of4/wanda"
-    dense = MaskRunConfig(dense_dir="d", method="dense")
+    dense = MaskRunConfig(model="d", method="dense")
     assert dense.run_name() == replace(dense, k=4, m=8).run_name()
     assert dense.run_name().startswith("dense-continued/")
 
 
 def test_mask_only_dpp_leaves_the_pretrained_weights_unchanged(tmp_path, source_tree, monkeypatch):
-    """dpp-mask trains the logits only: after the run, every weight equals the dense one."""
+    """dpp-mask trains the logits only: when the run finalizes its masks, every weight still
+    equals the dense one."""
     import dpp
 
     cfg = _config(tmp_path, source_tree)
     pretrain(cfg, tmp_path / "dense")
     dense, _ = load_dense(tmp_path / "dense")
     seen = {}
-    original = dpp.Pruner.freeze_weights
+    original = dpp.Pruner.finalize
 
     def spy(self):
-        seen["model"] = self.model
+        seen["weights"] = {k: v.clone() for k, v in self.model.state_dict().items()}
         return original(self)
 
-    monkeypatch.setattr(dpp.Pruner, "freeze_weights", spy)
-    run = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method="dpp-mask", steps=3, batch=2)
+    monkeypatch.setattr(dpp.Pruner, "finalize", spy)
+    run = MaskRunConfig(model=str(tmp_path / "dense"), method="dpp-mask", steps=3, batch=2)
     run_method(run, tmp_path / "out")
-    trained = seen["model"].state_dict()
+    trained = seen["weights"]
     for key, value in dense.state_dict().items():
         assert torch.equal(trained[key], value), key
 
@@ -305,7 +306,7 @@ def test_a_mask_run_refuses_another_corpus_than_the_dense_models(tmp_path, sourc
     info = json.loads(recorded.read_text())
     info["train_sha256"] = "0" * 64
     recorded.write_text(json.dumps(info))
-    run = MaskRunConfig(dense_dir=str(tmp_path / "dense"), method="dense", steps=1, batch=2)
+    run = MaskRunConfig(model=str(tmp_path / "dense"), method="dense", steps=1, batch=2)
     with pytest.raises(ConfigError, match="is not the one"):
         run_method(run, tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == [".lock"]  # nothing written

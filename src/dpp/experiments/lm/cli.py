@@ -1,21 +1,28 @@
 """``dpp lm``: the language-model benchmark's command line (also ``python -m dpp.experiments.lm``).
 
-``dpp lm pretrain`` trains the dense model, ``dpp lm run`` one method of the mask phase,
-``dpp lm grid`` a grid file and its table.
+``dpp lm prune`` takes a local causal LM to a pruned checkpoint and its perplexity table,
+``dpp lm eval`` evaluates any checkpoint, ``dpp lm pretrain`` trains the byte-level model,
+``dpp lm run`` runs one method of the benchmark and ``dpp lm grid`` a grid file and its table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .grid import grid_runs, results_table, settings_table
 from .methods import METHODS, MaskRunConfig, is_claimed, run_method
 from .model import ModelSpec
 from .pretrain import PretrainConfig, pretrain
+
+_SKIPPED = {"model", "method", "k", "m", "seed"}
+"""Run fields with a flag of their own (or none)."""
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -31,24 +38,133 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_fields(parser: argparse.ArgumentParser, *classes: type) -> None:
-    """One ``--flag`` per scalar dataclass field with a default (type from the default)."""
+def _corpora(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _add_fields(parser: argparse.ArgumentParser, *classes: type, skip: set[str] = frozenset()):
+    """One ``--flag`` per dataclass field with a plain default (type from the default;
+    ``--x/--no-x`` for a bool, a comma-separated list for a tuple)."""
     for cls in classes:
         for f in fields(cls):
             value = f.default
-            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-                flag = f"--{f.name.replace('_', '-')}"
+            if f.name in skip:
+                continue
+            flag = f"--{f.name.replace('_', '-')}"
+            if isinstance(value, bool):
+                parser.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=value, help=""
+                )
+            elif isinstance(value, tuple):
+                parser.add_argument(
+                    flag, type=_corpora, default=value, help=f"comma-separated (default {value})"
+                )
+            elif isinstance(value, (int, float, str)):
                 parser.add_argument(
                     flag, type=type(value), default=value, help=f"(default {value})"
                 )
 
 
-def _run(args: argparse.Namespace) -> int:
-    k, _, m = args.pattern.partition(":")
+def _pattern(text: str) -> tuple[int, int]:
+    k, sep, m = text.partition(":")
+    if not sep or not k.isdigit() or not m.isdigit():
+        raise ConfigError(f"--pattern must be k:m, e.g. 2:4; got {text!r}")
+    return int(k), int(m)
+
+
+def _config(args: argparse.Namespace, **changes: Any) -> MaskRunConfig:
+    k, m = _pattern(args.pattern)
     values = {f.name: getattr(args, f.name) for f in fields(MaskRunConfig) if hasattr(args, f.name)}
-    cfg = MaskRunConfig(**{**values, "k": int(k), "m": int(m)})
+    model = getattr(args, "model", None) or getattr(args, "dense_dir", None)
+    if model is None:
+        raise ConfigError("name the dense model: --model PATH")
+    return MaskRunConfig(**{**values, "model": model, "k": k, "m": m, **changes})
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     result = run_method(cfg, Path(args.output_dir) / cfg.run_name())
-    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("config", "curve")}, indent=1))
+    return 0
+
+
+def _table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """Markdown: validation loss and perplexity per corpus (and their mean) of each row."""
+    corpora = list(rows[0][1]["val"])
+    head = ["model", *(f"{c} loss | {c} ppl" for c in corpora)]
+    if len(corpora) > 1:
+        head.append("mean loss")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * (1 + 2 * len(corpora))]
+    if len(corpora) > 1:
+        lines[-1] += "---|"
+    for name, record in rows:
+        cells = [name]
+        for corpus in corpora:
+            loss = record["val"][corpus]["val_loss"]
+            cells.append(f"{loss:.4f} | {math.exp(loss):.3f}")
+        if len(corpora) > 1:
+            cells.append(f"{record['val_loss']:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    probe = _config(args, steps=1)
+    seq = probe.seq
+    if seq == 0:
+        from .data import DEFAULT_SEQ, byte_level_config
+
+        pcfg = byte_level_config(probe.model)
+        seq = pcfg.spec.seq if pcfg is not None else DEFAULT_SEQ
+    per_step = probe.batch * seq
+    if probe.trains:
+        if args.tokens < per_step:
+            raise ConfigError(
+                f"--tokens {args.tokens} is less than one step of --batch {probe.batch} x "
+                f"--seq {seq} = {per_step} tokens: give at least {per_step}, or a smaller batch"
+            )
+        steps = args.tokens // per_step
+    else:
+        steps = probe.steps
+    cfg = dataclasses.replace(probe, steps=steps)
+    out = Path(args.out)
+    result = run_method(cfg, out)
+    rows = [("dense, as loaded", result["pretrained"]), (f"{cfg.method} {cfg.k}:{cfg.m}", result)]
+    print(_table(rows))
+    print(
+        f"\n{result['tokens']:,} training tokens ({steps} steps of {per_step}), "
+        f"{result['seconds'] / 60:.1f} min. Run directory: {out}"
+    )
+    files = result.get("files", {})
+    if "model" in files:
+        print(f"pruned checkpoint: {out / files['model']} (a plain Hugging Face model)")
+    if "masks" in files:
+        print(f"mask file: {out / files['masks']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .data import load_data
+    from .methods import evaluate_corpora, summarize
+    from .source import load_causal_lm
+
+    loaded = load_causal_lm(args.model)
+    data = load_data(
+        loaded,
+        args.corpora,
+        model_path=args.model,
+        batch=1,
+        seq=args.seq,
+        eval_windows=args.eval_windows,
+        calibration_batches=1,
+        data_dir=args.data_dir,
+    )
+    val = evaluate_corpora(loaded.model, data)
+    record = {**summarize(val), "val": val}
+    if args.json:
+        print(json.dumps(record, indent=1))
+    else:
+        print(_table([(loaded.name, record)]))
     return 0
 
 
@@ -72,12 +188,44 @@ def _grid(args: argparse.Namespace) -> int:
 
 def register_cli(sub: Any) -> None:
     """Add ``lm`` and its subcommands to the ``dpp`` command line."""
-    lm = sub.add_parser("lm", help="the language-model benchmark: pretrain, run, grid")
+    lm = sub.add_parser("lm", help="language models: prune, eval, and the benchmark")
     inner = lm.add_subparsers(dest="lm_command", required=True)
     _add_commands(inner)
 
 
 def _add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="prune a local causal LM (HF directory, GGUF file or byte-level run) k:m",
+        description=(
+            "One method for a token budget: the pruned model as a plain Hugging Face "
+            "checkpoint (OUT/model), its mask file and its validation loss and perplexity "
+            "on every corpus, beside the dense model's."
+        ),
+    )
+    p.add_argument("--model", required=True, help="save_pretrained dir, .gguf file, or run dir")
+    p.add_argument("--method", default="dpp-mask", choices=METHODS, help="(default dpp-mask)")
+    p.add_argument("--pattern", default="2:4", help="k:m (default 2:4)")
+    p.add_argument("--tokens", type=int, default=250_000, help="training tokens (default 250000)")
+    p.add_argument("--out", required=True, help="the run directory (resumes when interrupted)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_fields(p, MaskRunConfig, skip=_SKIPPED | {"steps"})
+    p.set_defaults(func=_prune, batch=4, corpora=("cpython-stdlib", "python-docs"))
+
+    p = sub.add_parser("eval", help="validation loss and perplexity of any local causal LM")
+    p.add_argument("--model", required=True, help="save_pretrained dir, .gguf file, or run dir")
+    p.add_argument(
+        "--corpora",
+        type=_corpora,
+        default=("cpython-stdlib", "python-docs"),
+        help="comma-separated (default cpython-stdlib,python-docs)",
+    )
+    p.add_argument("--seq", type=int, default=0, help="tokens per window (default 512)")
+    p.add_argument("--eval-windows", type=int, default=0, help="windows per corpus (default 32)")
+    p.add_argument("--data-dir", default="", help="prepared corpora (default runs/lm/data)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_eval)
+
     p = sub.add_parser("pretrain", help="train (or resume) the dense byte-level Llama")
     p.add_argument("--run-dir", required=True)
     _add_fields(p, PretrainConfig, ModelSpec)
@@ -88,11 +236,13 @@ def _add_commands(sub: Any) -> None:
     )
     p.set_defaults(func=_pretrain)
 
-    p = sub.add_parser("run", help="one method of the mask phase on a pretrained model")
-    p.add_argument("--dense-dir", required=True)
+    p = sub.add_parser("run", help="one method of the benchmark (a grid's row)")
+    p.add_argument("--model", help="the dense model: run dir, save_pretrained dir or .gguf file")
+    p.add_argument("--dense-dir", help=argparse.SUPPRESS)  # the flag's older name
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--pattern", default="2:4", help="k:m (default 2:4)")
-    _add_fields(p, MaskRunConfig)
+    p.add_argument("--seed", type=int, default=0)
+    _add_fields(p, MaskRunConfig, skip=_SKIPPED)
     p.add_argument("--output-dir", default="results/lm")
     p.set_defaults(func=_run)
 

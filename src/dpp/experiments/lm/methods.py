@@ -1,26 +1,40 @@
-"""One pruning method on the pretrained byte-level Llama, for a token budget.
+"""One pruning method on a pretrained causal LM, for a token budget: the benchmark's one harness.
 
-Methods (``k:m`` on every decoder Linear; embeddings and head dense):
+The model is any local causal LM (:func:`~dpp.experiments.lm.source.load_causal_lm`): the
+benchmark's own byte-level Llama (a ``dpp lm pretrain`` run directory), a Hugging Face
+``save_pretrained`` directory or a GGUF file. Only how the model and its tokenizer are loaded
+differs; the data, the methods, the training loop, the checkpoints and the results are the
+same code for all of them.
+
+Methods (``k:m`` on every Linear of the model except the output head):
 
 | method | mask | weights |
 |---|---|---|
 | ``dense`` | none | trained (dense continued: the fair reference) |
-| ``magnitude`` / ``wanda`` / ``sparsegpt`` | one-shot | as pruned (SparseGPT: OBS-updated) |
+| ``magnitude`` / ``wanda`` / ``sparsegpt`` | one-shot (``dpp.oneshot``) | as pruned |
 | ``<one-shot>+ft`` | one-shot, fixed | trained under the mask |
 | ``dpp-mask`` | DPP from ``prior``, learned | frozen (mask-only, the MaskLLM regime) |
 | ``dpp-joint`` | DPP from ``prior``, learned | trained jointly |
 
 Every method that trains sees the same windows in the same order (``seed`` picks the order
-and DPP's noise), with AdamW and the same schedule family (linear warmup over 5% of the
-steps, cosine decay to 10%), at its own learning rate.
+and DPP's noise; a fixed alternating mix of the ``corpora``), with the same schedule family
+(linear warmup over 5% of the steps, cosine decay to 10%), at its own learning rate, on the
+language-model loss or by distillation from the dense model (``loss="kd"``: the KL divergence
+of the student's next-token distribution from the dense model's). A run writes a checkpoint
+every ``checkpoint_every`` steps and resumes from it exactly; at the end it writes
+``result.json`` (validation loss and perplexity on every corpus) and, for a Hugging Face
+model, the pruned model as a plain checkpoint (``model/``, ``finalize`` + ``save_pretrained``)
+with its mask file (``masks.safetensors``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,18 +43,27 @@ from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
+from torch import nn
 
 import dpp
 from dpp.metrics import mask_flips
 
-from ..checkpoint import write_json
+from ..checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    remove_stale_temp_files,
+    restore_rng,
+    save_checkpoint,
+    write_json,
+)
 from ..errors import ConfigError
-from .corpus import prepare
-from .model import evaluate, train_batch, val_windows
-from .oneshot import ONESHOT_METHODS, block_linears, oneshot_masks
-from .pretrain import calibration_set, load_dense, lr_at
+from .data import LMData, load_data
+from .model import evaluate
+from .oneshot import ONESHOT_METHODS
+from .pretrain import lr_at
+from .source import LoadedModel, load_causal_lm, model_digest
 
-__all__ = ["METHODS", "MaskRunConfig", "run_method"]
+__all__ = ["METHODS", "PRIORS", "MaskRunConfig", "is_claimed", "run_method"]
 
 _SHORT = {
     "logit_lr": "llr",
@@ -51,6 +74,8 @@ _SHORT = {
     "weights_from": "from",
     "logit_dtype": "ldtype",
     "optimizer": "opt",
+    "corpora": "data",
+    "calibration_batches": "calib",
 }
 """Short names of the settings in run directory names."""
 
@@ -64,14 +89,17 @@ METHODS = (
     "dpp-mask",
     "dpp-joint",
 )
-DECODER = ["model.layers.*"]
+PRIORS = ("normal", "magnitude", "wanda", "sparsegpt", "sparsegpt-saliency")
+LOSSES = ("lm", "kd")
 
 
 @dataclass
 class MaskRunConfig:
     """One run of the mask phase (serialised into its ``result.json``)."""
 
-    dense_dir: str
+    model: str
+    """The dense model: a ``dpp lm pretrain`` run directory, a ``save_pretrained`` directory
+    or a ``.gguf`` file."""
     method: str
     k: int = 2
     m: int = 4
@@ -79,12 +107,20 @@ class MaskRunConfig:
     """Optimizer steps of the mask phase (0 tokens for the one-shot methods)."""
     batch: int = 16
     """Windows per step."""
+    seq: int = 0
+    """Tokens per window; 0: the byte-level model's pretraining window, or 512."""
+    corpora: tuple[str, ...] = ("cpython-stdlib",)
+    """Training text: a fixed alternating mix of these corpora's training splits;
+    validation is reported on each one."""
     seed: int = 0
     """Data order (the same windows in the same order for every method) and DPP's noise."""
     lr: float = 3e-4
     """Peak learning rate of the weights."""
+    loss: str = "lm"
+    """``lm`` (next-token cross-entropy) or ``kd`` (KL divergence from the dense model)."""
     prior: str = "wanda"
-    """DPP's logit initialisation: normal, magnitude, wanda or sparsegpt."""
+    """DPP's logit initialisation: normal, magnitude, wanda, sparsegpt (its 0/1 mask) or
+    sparsegpt-saliency (its graded OBS saliency)."""
     logit_lr: float = 5e-2
     """Peak learning rate of DPP's logits."""
     noise_scale: float = 0.3
@@ -105,14 +141,31 @@ class MaskRunConfig:
     optimizer: str = "adamw"
     """``adamw`` (AdamW over ``pruner.param_groups``) or ``pruner`` (``pruner.optimizer()``,
     the library's recommended optimizer with compact logit state)."""
+    bf16: bool = False
+    """Train under bf16 autocast (CPU or CUDA); evaluation stays in float32."""
+    grad_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (less memory; the
+    result is the same)."""
+    eval_windows: int = 0
+    """Validation windows per corpus; 0: the byte-level model's setting, or 32."""
+    calibration_batches: int = 0
+    """Batches of training windows the one-shot methods and priors calibrate on; 0: the
+    byte-level model's setting, or 16."""
+    checkpoint_every: int = CURVE_EVERY
+    """Steps between checkpoints (a multiple of the curve's 25 steps)."""
+    data_dir: str = ""
+    """Where prepared corpora are kept; empty: the byte-level model's, or runs/lm/data."""
 
     def __post_init__(self) -> None:
+        self.corpora = tuple(self.corpora)
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
         if not 1 <= self.k <= self.m:
             raise ConfigError(f"pattern {self.k}:{self.m} needs 1 <= k <= m")
-        if self.method.startswith("dpp") and self.prior not in ("normal", *ONESHOT_METHODS):
-            raise ConfigError(f"prior must be normal, magnitude, wanda or sparsegpt: {self.prior}")
+        if self.method.startswith("dpp") and self.prior not in PRIORS:
+            raise ConfigError(f"prior must be one of {', '.join(PRIORS)}: {self.prior}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be lm or kd: {self.loss}")
         if self.optimizer not in ("adamw", "pruner"):
             raise ConfigError(f"optimizer must be adamw or pruner: {self.optimizer}")
         if self.weights_from not in ("dense", "sparsegpt"):
@@ -124,21 +177,39 @@ class MaskRunConfig:
                 "weights_from='sparsegpt' starts DPP from SparseGPT's updated weights and its "
                 "mask: it needs a dpp method with prior='sparsegpt'"
             )
+        if not self.corpora:
+            raise ConfigError("corpora: name at least one corpus")
+        for key in ("steps", "batch", "seq", "eval_windows", "calibration_batches"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.trains and self.batch < 1:
+            raise ConfigError(f"method {self.method} trains: it needs batch >= 1")
+        if self.checkpoint_every < 1 or self.checkpoint_every % CURVE_EVERY:
+            raise ConfigError(
+                f"checkpoint_every must be a positive multiple of {CURVE_EVERY}, got "
+                f"{self.checkpoint_every}"
+            )
 
     @property
     def trains(self) -> bool:
         return self.method in ("dense", "dpp-mask", "dpp-joint") or self.method.endswith("+ft")
+
+    @property
+    def trains_weights(self) -> bool:
+        return self.trains and self.method != "dpp-mask"
 
     def label(self) -> str:
         name = self.method if not self.method.startswith("dpp") else f"{self.method}-{self.prior}"
         return f"{self.k}of{self.m}-{name}-s{self.seed}"
 
     def settings(self) -> dict[str, Any]:
-        """The fields that change this method's result (pattern and seed aside)."""
+        """The fields that change this method's result (pattern and seed aside); the ones
+        added since the byte-level benchmark only where they differ from their defaults, so
+        that its run directories keep their names."""
         keys: list[str] = []
         if self.trains:
             keys += ["steps", "batch"]
-        if self.method == "dense" or self.method.endswith("+ft") or self.method == "dpp-joint":
+        if self.trains_weights:
             keys.append("lr")
         if self.method.startswith("dpp"):
             keys += [
@@ -155,6 +226,14 @@ class MaskRunConfig:
                 keys.append("logit_dtype")
         if self.optimizer != "adamw" and (self.method.startswith("dpp") or self.trains):
             keys.append("optimizer")
+        defaults = _DEFAULTS
+        for key in ("seq", "corpora", "calibration_batches"):
+            if getattr(self, key) != defaults[key]:
+                keys.append(key)
+        if self.trains:
+            for key in ("loss", "bf16"):
+                if getattr(self, key) != defaults[key]:
+                    keys.append(key)
         return {key: getattr(self, key) for key in keys}
 
     def identity(self) -> set[str]:
@@ -179,64 +258,242 @@ class MaskRunConfig:
         if self.trains:
             parts.append(f"{settings.pop('steps')}x{settings.pop('batch')}")
         for key, value in settings.items():
-            text = f"{value:g}" if isinstance(value, float) else str(value)
+            if isinstance(value, float):
+                text = f"{value:g}"
+            elif isinstance(value, tuple):
+                text = "+".join(entry.partition("=")[0] for entry in value)
+                if any("=" in entry for entry in value):  # corpora read from other directories
+                    text += "-" + hashlib.sha256("+".join(value).encode()).hexdigest()[:8]
+            else:
+                text = str(value)
             parts.append(f"{_SHORT.get(key, key)}-{text}")
         name = "_".join(parts) + (f"_s{self.seed}" if self.trains else "")
         folder = "dense-continued" if self.method == "dense" else f"{self.k}of{self.m}"
         return f"{folder}/{name}"
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MaskRunConfig:
+        """A config from ``result.json`` (``dense_dir`` of older results read as ``model``)."""
+        data = dict(data)
+        if "dense_dir" in data:
+            data.setdefault("model", data.pop("dense_dir"))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MaskRunConfig)}
+
+_DEFAULTS = {
+    f.name: (f.default if f.default is not dataclasses.MISSING else None)
+    for f in dataclasses.fields(MaskRunConfig)
+}
 """A field missing from an older result.json had its default value then."""
 
 
-def _fixed_pruner(model: torch.nn.Module, masks: dict[str, torch.Tensor], k: int, m: int):
-    def source(name: str, module: torch.nn.Module, layout: dpp.GroupLayout) -> dpp.FixedMask:
-        return dpp.FixedMask(layout, layout.candidate_scores(masks[name].float()) > 0)
+def _common(cfg: MaskRunConfig) -> dict[str, Any]:
+    """The pruning settings every method shares: k of every m inputs, every Linear of the
+    model but its output head (dpp.prune's default selection)."""
+    out: dict[str, Any] = {"granularity": "block", "block_size": cfg.m, "k": cfg.k}
+    if cfg.method.startswith("dpp") and cfg.logit_dtype != "float32":
+        out["logit_dtype"] = cfg.logit_dtype
+    return out
 
-    return dpp.prune(
-        model, granularity="block", block_size=m, k=k, include=DECODER, mask_source=source
+
+def _dpp_schedule(cfg: MaskRunConfig) -> dict[str, Any]:
+    return {
+        "noise_scale": dpp.Schedule("cosine", cfg.noise_scale, 0.0, steps=max(cfg.steps, 1)),
+        "temperature": cfg.temperature,
+        "entropy_weight": cfg.entropy_weight,
+    }
+
+
+def _setup(cfg: MaskRunConfig, model: nn.Module, calib: list) -> dpp.Pruner | None:
+    """Prune ``model`` in place as ``cfg.method`` says; the pruner (``None`` for dense)."""
+    base = cfg.method.removesuffix("+ft")
+    if base in ONESHOT_METHODS:
+        result = dpp.oneshot(
+            model,
+            base,
+            k=cfg.k,
+            block_size=cfg.m,
+            calibration_data=calib if base != "magnitude" else None,
+        )
+        return dpp.prune(model, **_common(cfg), mask_source=result.fixed_masks())
+    if not base.startswith("dpp"):
+        return None
+    torch.manual_seed(cfg.seed)
+    if cfg.weights_from == "sparsegpt":
+        # SparseGPT's updated weights where it keeps them, dense values where it prunes, so
+        # that the starting deterministic mask gives the one-shot SparseGPT model exactly.
+        updated = copy.deepcopy(model)
+        result = dpp.oneshot(
+            updated, "sparsegpt", k=cfg.k, block_size=cfg.m, calibration_data=calib
+        )
+        with torch.no_grad():
+            new = dict(updated.named_modules())
+            for name, mask in result.masks.items():
+                weight = model.get_submodule(name).weight
+                weight.copy_(torch.where(mask, new[name].weight, weight))
+        del updated
+        source = result.learned_masks(logit_std=cfg.prior_strength, graded=False)
+        pruner = dpp.prune(model, **_common(cfg), **_dpp_schedule(cfg), mask_source=source)
+    else:
+        calibrated = cfg.prior in ("wanda", "sparsegpt", "sparsegpt-saliency")
+        pruner = dpp.prune(
+            model,
+            **_common(cfg),
+            **_dpp_schedule(cfg),
+            logit_init=cfg.prior,
+            logit_init_std=cfg.prior_strength,
+            **({"calibration_data": calib} if calibrated else {}),
+        )
+    if base == "dpp-mask":
+        pruner.freeze_weights()
+    return pruner
+
+
+def _optimizer(cfg: MaskRunConfig, model: nn.Module, pruner: dpp.Pruner | None):
+    if cfg.optimizer == "pruner" and pruner is not None:
+        return pruner.optimizer(lr=cfg.lr, logit_lr=cfg.logit_lr)
+    if pruner is None:
+        groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr": cfg.lr}]
+    else:
+        groups = pruner.param_groups(lr=cfg.lr, logit_lr=cfg.logit_lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
+
+
+def _autocast(cfg: MaskRunConfig, model: nn.Module):
+    if not cfg.bf16:
+        return contextlib.nullcontext()
+    device = next(model.parameters()).device.type
+    return torch.autocast(device, dtype=torch.bfloat16)
+
+
+def _loss(cfg: MaskRunConfig, model: nn.Module, ids: torch.Tensor, teacher: nn.Module | None):
+    """The training loss of one batch: next-token cross-entropy, or the KL divergence of the
+    student's next-token distribution from the dense teacher's (mean over tokens)."""
+    with _autocast(cfg, model):
+        if teacher is None:
+            return model(ids, labels=ids, use_cache=False).loss
+        logits = model(ids, use_cache=False).logits
+        with torch.no_grad():
+            target = torch.log_softmax(teacher(ids, use_cache=False).logits.float(), -1)
+    log_q = torch.log_softmax(logits.float(), -1)
+    return (target.exp() * (target - log_q)).sum(-1).mean()
+
+
+def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_state(path: Path, model, optimizer, pruner, state: dict[str, Any]) -> None:
+    save_checkpoint(
+        path,
+        {
+            **state,
+            "trainable": _trainable(model),
+            "optimizer": optimizer.state_dict(),
+            "pruner": pruner.state_dict() if pruner is not None else {},
+            "rng": capture_rng(),
+        },
     )
 
 
-def _sparsegpt_start(model: torch.nn.Module, cfg: MaskRunConfig, calibration: list):
-    """Give ``model`` SparseGPT's updated weights where it keeps them (dense values where it
-    prunes) and return a mask source whose logits start at its mask, z-scored per group and
-    scaled by the prior strength."""
-    updated = copy.deepcopy(model)
-    masks = oneshot_masks(updated, "sparsegpt", k=cfg.k, m=cfg.m, calibration=calibration)
-    new = block_linears(updated)
+def _restore_state(path: Path, cfg: MaskRunConfig, model, optimizer, pruner) -> dict[str, Any]:
+    state = load_checkpoint(path, required=("step", "trainable", "optimizer", "rng"))
+    saved = state.get("config", {})
+    changed = sorted(k for k in cfg.identity() if saved.get(k) != _jsonable(getattr(cfg, k)))
+    if changed:
+        raise ConfigError(
+            f"{path} was written by a run with other settings ({', '.join(changed)} differ): "
+            "resume with the same settings, or delete it to start over"
+        )
     with torch.no_grad():
-        for name, layer in block_linears(model).items():
-            layer.weight.copy_(torch.where(masks[name], new[name].weight, layer.weight))
-
-    def source(name: str, module: torch.nn.Module, layout: dpp.GroupLayout) -> dpp.DPPMask:
-        scores = layout.candidate_scores(masks[name].float())
-        z = (scores - scores.mean(-1, keepdim=True)) / scores.std(-1, keepdim=True).clamp(min=1e-12)
-        return dpp.DPPMask(layout, init_logits=z * cfg.prior_strength)
-
-    return source
-
-
-def _check_same_corpus(manifest: dict[str, Any], recorded: Path) -> None:
-    """The text of the mask phase is the text the dense model was trained on."""
-    if not recorded.exists():
-        return
-    want = json.loads(recorded.read_text())
-    for key in ("name", "train_sha256", "val_sha256"):
-        if want.get(key) != manifest.get(key):
-            raise ConfigError(
-                f"the corpus here ({manifest.get('name')}, {key} {manifest.get(key)}) is not "
-                f"the one {recorded.parent} was trained on ({want.get('name')}, "
-                f"{want.get(key)}): use the same Python version's standard library, or "
-                "pretrain again"
-            )
+        params = dict(model.named_parameters())
+        for name, value in state["trainable"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    if pruner is not None:
+        pruner.load_state_dict(state["pruner"])
+    restore_rng(state["rng"])
+    return state
 
 
-def _file_sha256(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _train(
+    cfg: MaskRunConfig,
+    out: Path,
+    model: nn.Module,
+    pruner: dpp.Pruner | None,
+    data: LMData,
+    teacher: nn.Module | None,
+) -> tuple[list[dict[str, Any]], float]:
+    """The training loop, resumable: ``(curve, seconds per step)``."""
+    from tqdm.auto import tqdm
+
+    optimizer = _optimizer(cfg, model, pruner)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    if cfg.grad_checkpointing:
+        enable = getattr(model, "gradient_checkpointing_enable", None)
+        if enable is None:
+            raise ConfigError(f"grad_checkpointing: {type(model).__name__} does not support it")
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    warmup = max(1, cfg.steps // 20)
+    ckpt = out / "checkpoint.pt"
+    start, curve, train_seconds = 0, [], 0.0
+    if ckpt.exists():
+        state = _restore_state(ckpt, cfg, model, optimizer, pruner)
+        start, curve, train_seconds = int(state["step"]), list(state["curve"]), state["seconds"]
+    last_masks = pruner.masks() if pruner is not None else None
+    tokens_per_step = cfg.batch * data.seq
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc=cfg.label(),
+        unit="step",
+        mininterval=10.0,
+        dynamic_ncols=True,
+    )
+    window_loss = 0.0
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr_at(step, lr=lr, warmup=warmup, total=cfg.steps, min_ratio=0.1)
+        ids = data.train_batch(step=step, seed=10_000 + cfg.seed, batch=cfg.batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss = _loss(cfg, model, ids, teacher)
+        if pruner is not None and cfg.entropy_weight:
+            loss = loss + pruner.entropy_loss()
+        loss.backward()
+        optimizer.step()
+        if pruner is not None:
+            pruner.step()
+        window_loss += float(loss.detach())
+        since = time.perf_counter() - t0
+        elapsed = train_seconds + since
+        bar.update(1)
+        rate = tokens_per_step * (step + 1 - start) / max(since, 1e-9)
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", tok_s=f"{rate:.0f}", refresh=False)
+        if (step + 1) % CURVE_EVERY == 0 or step + 1 == cfg.steps:
+            point: dict[str, Any] = {
+                "step": step + 1,
+                "train_loss": window_loss / ((step % CURVE_EVERY) + 1),
+            }
+            window_loss = 0.0
+            if cfg.method.startswith("dpp"):
+                masks = pruner.masks()
+                point["mask_flips"] = mask_flips(last_masks, masks)["total"]
+                last_masks = masks
+            curve.append(point)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            state = {"step": step + 1, "curve": curve, "seconds": elapsed}
+            state["config"] = {k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items()}
+            _save_state(ckpt, model, optimizer, pruner, state)
+    bar.close()
+    total = train_seconds + time.perf_counter() - t0
+    return curve, total / max(cfg.steps, 1)
 
 
 def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -244,6 +501,7 @@ def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]
 
     The run holds ``<out_dir>/.lock`` (an ``flock``, dropped when the process exits however
     it exits): a second process asking for the same run waits for it and reads its result.
+    An interrupted run resumes from ``<out_dir>/checkpoint.pt``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,127 +523,106 @@ def is_claimed(out_dir: str | os.PathLike) -> bool:
     return False
 
 
+def _check_finished(cfg: MaskRunConfig, result_path: Path, digest: str) -> dict[str, Any]:
+    done = json.loads(result_path.read_text())
+    recorded = MaskRunConfig.from_dict(done.get("config", {}) | {"model": cfg.model})
+    changed = sorted(
+        key for key in cfg.identity() if getattr(recorded, key, None) != getattr(cfg, key)
+    )
+    if done.get("dense_sha256", digest) != digest:
+        changed.append(f"the dense model ({cfg.model})")
+    if changed:
+        raise ConfigError(
+            f"{result_path} holds a run with other settings ({', '.join(changed)} differ): "
+            "give this run another output directory, or delete that one to rerun it"
+        )
+    return done
+
+
+def evaluate_corpora(model: nn.Module, data: LMData, what: str = "val") -> dict[str, dict]:
+    windows = data.val if what == "val" else data.tune
+    return {name: evaluate(model, w) for name, w in windows.items()}
+
+
+def summarize(per_corpus: dict[str, dict]) -> dict[str, float]:
+    """The reported loss of a run: the mean over the corpora (the mixed validation set)."""
+    mean = sum(r["val_loss"] for r in per_corpus.values()) / len(per_corpus)
+    return {"val_loss": mean, "val_ppl": math.exp(mean), "val_bpb": mean / math.log(2)}
+
+
+def _save_final(out: Path, loaded: LoadedModel, model: nn.Module, pruner) -> dict[str, str]:
+    """The pruned model as a plain Hugging Face checkpoint and its mask file."""
+    files: dict[str, str] = {}
+    if pruner is not None:
+        dpp.save_masks(pruner, out / "masks.safetensors")
+        files["masks"] = "masks.safetensors"
+        pruner.finalize()
+    if loaded.tokenizer is None:  # the byte-level model: its weights are tiny, kept in the run
+        return files
+    model.save_pretrained(out / "model")
+    loaded.tokenizer.save_pretrained(out / "model")
+    files["model"] = "model"
+    return files
+
+
 def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
     result_path = out / "result.json"
-    dense_sha256 = _file_sha256(Path(cfg.dense_dir) / "dense.safetensors")
+    digest = model_digest(cfg.model)
     if result_path.exists():
-        done = json.loads(result_path.read_text())
-        recorded = done.get("config", {})
-        changed = sorted(
-            key
-            for key, value in dataclasses.asdict(cfg).items()
-            if key in cfg.identity() and recorded.get(key, _DEFAULTS.get(key)) != value
-        )
-        if done.get("dense_sha256", dense_sha256) != dense_sha256:
-            changed.append(f"the dense model ({cfg.dense_dir}/dense.safetensors)")
-        if changed:
-            raise ConfigError(
-                f"{result_path} holds a run with other settings ({', '.join(changed)} differ): "
-                "give this run another output directory, or delete that one to rerun it"
-            )
-        return done
-    model, pcfg = load_dense(cfg.dense_dir)
-    corpus = prepare(pcfg.corpus, Path(pcfg.data_dir) / pcfg.corpus)
-    _check_same_corpus(corpus.manifest, Path(cfg.dense_dir) / "corpus.json")
-    out.mkdir(parents=True, exist_ok=True)
-    windows = val_windows(corpus.val, seq=pcfg.spec.seq, windows=pcfg.eval_windows)
-    tune_windows = val_windows(
-        corpus.val, seq=pcfg.spec.seq, windows=pcfg.eval_windows, offset=len(windows)
-    )
-    calib = calibration_set(corpus, pcfg)
-    base = cfg.method.removesuffix("+ft")
-    pruner = None
-    if base in ONESHOT_METHODS:
-        masks = oneshot_masks(model, base, k=cfg.k, m=cfg.m, calibration=calib)
-        pruner = _fixed_pruner(model, masks, cfg.k, cfg.m)
-    elif base.startswith("dpp"):
-        torch.manual_seed(cfg.seed)
-        schedule = {
-            "noise_scale": dpp.Schedule("cosine", cfg.noise_scale, 0.0, steps=max(cfg.steps, 1)),
-            "temperature": cfg.temperature,
-            "entropy_weight": cfg.entropy_weight,
-        }
-        common = {"granularity": "block", "block_size": cfg.m, "k": cfg.k, "include": DECODER}
-        if cfg.logit_dtype != "float32":
-            common["logit_dtype"] = cfg.logit_dtype
-        if cfg.weights_from == "sparsegpt":
-            source = _sparsegpt_start(model, cfg, calib)
-            pruner = dpp.prune(model, **common, **schedule, mask_source=source)
-        else:
-            extra = {"calibration_data": calib} if cfg.prior in ("wanda", "sparsegpt") else {}
-            pruner = dpp.prune(
-                model,
-                **common,
-                **schedule,
-                logit_init=cfg.prior,
-                logit_init_std=cfg.prior_strength,
-                **extra,
-            )
-        if base == "dpp-mask":
-            pruner.freeze_weights()
+        return _check_finished(cfg, result_path, digest)
+    remove_stale_temp_files(out)
     started = time.perf_counter()
-    step_seconds = 0.0
+    loaded = load_causal_lm(cfg.model)
+    model = loaded.model
+    data = load_data(
+        loaded,
+        cfg.corpora,
+        model_path=cfg.model,
+        batch=cfg.batch,
+        seq=cfg.seq,
+        eval_windows=cfg.eval_windows,
+        calibration_batches=cfg.calibration_batches,
+        data_dir=cfg.data_dir,
+    )
+    pretrained = evaluate_corpora(model, data)
+    teacher = None
+    if cfg.trains and cfg.loss == "kd":
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    pruner = _setup(cfg, model, data.calibration)
     curve: list[dict[str, Any]] = []
+    step_seconds = 0.0
     if cfg.trains:
-        if cfg.optimizer == "pruner" and pruner is not None:
-            optimizer = pruner.optimizer(lr=cfg.lr, logit_lr=cfg.logit_lr)
-        else:
-            if pruner is None:
-                groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
-            else:
-                groups = pruner.param_groups(lr=cfg.lr, logit_lr=cfg.logit_lr)
-            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
-        base_lrs = [g["lr"] for g in optimizer.param_groups]
-        model.train()
-        warmup = max(1, cfg.steps // 20)
-        t0 = time.perf_counter()
-        last_masks = pruner.masks() if pruner is not None else None
-        window_loss = 0.0
-        for step in range(cfg.steps):
-            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = lr_at(step, lr=lr, warmup=warmup, total=cfg.steps, min_ratio=0.1)
-            ids = train_batch(
-                corpus.train, step=step, seed=10_000 + cfg.seed, batch=cfg.batch, seq=pcfg.spec.seq
-            )
-            loss = model(ids, labels=ids).loss
-            if pruner is not None and cfg.entropy_weight:
-                loss = loss + pruner.entropy_loss()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if pruner is not None:
-                pruner.step()
-            window_loss += float(loss.detach())
-            if (step + 1) % CURVE_EVERY == 0 or step + 1 == cfg.steps:
-                point: dict[str, Any] = {
-                    "step": step + 1,
-                    "train_loss": window_loss / ((step % CURVE_EVERY) + 1),
-                }
-                window_loss = 0.0
-                if base.startswith("dpp"):
-                    masks = pruner.masks()
-                    point["mask_flips"] = mask_flips(last_masks, masks)["total"]
-                    last_masks = masks
-                curve.append(point)
-        step_seconds = (time.perf_counter() - t0) / max(cfg.steps, 1)
-    metrics = evaluate(model, windows)
-    metrics["tune_loss"] = evaluate(model, tune_windows)["val_loss"]
+        curve, step_seconds = _train(cfg, out, model, pruner, data, teacher)
+    del teacher
+    val = evaluate_corpora(model, data)
+    tune = evaluate_corpora(model, data, "tune")
     if pruner is not None:
         model.eval()
         for name, mask in pruner.masks().items():
             kept = mask.reshape(-1, cfg.m).sum(-1)
             if not bool((kept == cfg.k).all()):
                 raise RuntimeError(f"{name}: the mask does not keep {cfg.k} of {cfg.m}")
+    pruned_layers = len(pruner.layers) if pruner is not None else 0
+    files = _save_final(out, loaded, model, pruner)
     result = {
         "label": cfg.label(),
-        "config": dataclasses.asdict(cfg),
-        "dense_sha256": dense_sha256,
-        "tokens": cfg.steps * cfg.batch * pcfg.spec.seq if cfg.trains else 0,
+        "config": {k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items()},
+        "model_name": loaded.name,
+        "dense_sha256": digest,
+        "corpora": data.manifests,
+        "tokens": cfg.steps * cfg.batch * data.seq if cfg.trains else 0,
+        "seq": data.seq,
         "seconds": time.perf_counter() - started,
         "seconds_per_step": step_seconds,
-        "pruned_layers": len(block_linears(model)),
-        **metrics,
+        "pruned_layers": pruned_layers,
+        **summarize(val),
+        "val": val,
+        "tune_loss": summarize(tune)["val_loss"],
+        "tune": {name: r["val_loss"] for name, r in tune.items()},
+        "pretrained": {**summarize(pretrained), "val": pretrained},
+        "files": files,
         "curve": curve,
     }
     write_json(result_path, result)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
     return result

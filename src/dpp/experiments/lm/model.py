@@ -72,15 +72,29 @@ def val_windows(val: np.ndarray, *, seq: int, windows: int, offset: int = 0) -> 
     return torch.from_numpy(val[start : start + n * seq].reshape(n, seq).astype(np.int64))
 
 
+LOGITS_PER_BATCH = 2**27
+"""Evaluation batches hold at most this many logits (512 MB in float32)."""
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, windows: torch.Tensor, batch: int = 32) -> dict[str, float]:
-    """Validation loss (nats per predicted byte), its standard error over windows,
-    perplexity and bits per byte. The model is left in eval mode."""
+    """Validation loss (nats per predicted token: per byte for the byte-level model), its
+    standard error over windows, perplexity and bits per token, in float32. The model is
+    left in eval mode.
+
+    Args:
+        model: a causal LM (``model(ids).logits`` ``[batch, seq, vocab]``).
+        windows: ``[windows, seq]`` token ids.
+        batch: windows per forward call at most (fewer for a large vocabulary, so that a
+            batch's logits stay within :data:`LOGITS_PER_BATCH`).
+    """
     model.eval()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = max(1, min(batch, LOGITS_PER_BATCH // (windows.shape[1] * vocab)))
     losses = []
     for i in range(0, len(windows), batch):
         ids = windows[i : i + batch]
-        logits = model(ids).logits[:, :-1]
+        logits = model(ids, use_cache=False).logits[:, :-1].float()
         loss = nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
         )
