@@ -44,6 +44,7 @@ class LMData:
         tune: ``{corpus: [windows, seq]}`` tuning windows (after the reported ones).
         calibration: ``[batch, seq]`` token batches for one-shot methods and priors.
         manifests: ``{corpus: name and digests}`` of what was read.
+        root: the data directory the corpora were prepared in.
     """
 
     seq: int
@@ -52,6 +53,7 @@ class LMData:
     tune: dict[str, torch.Tensor]
     calibration: list[torch.Tensor]
     manifests: dict[str, dict[str, Any]]
+    root: Path
 
     def train_batch(self, *, step: int, seed: int, batch: int) -> torch.Tensor:
         """``[batch, seq]`` training windows of a step (a pure function of seed and step)."""
@@ -150,4 +152,4 @@ def load_data(
     manifests = {
         name: _short_manifest(c.manifest) for name, c in zip(keys, corpora_list, strict=True)
     }
-    return LMData(seq, corpora_list, val, tune, calibration, manifests)
+    return LMData(seq, corpora_list, val, tune, calibration, manifests, root)

@@ -550,6 +550,22 @@ def summarize(per_corpus: dict[str, dict]) -> dict[str, float]:
     return {"val_loss": mean, "val_ppl": math.exp(mean), "val_bpb": mean / math.log(2)}
 
 
+def _pretrained_eval(model: nn.Module, data: LMData, digest: str, cfg: MaskRunConfig):
+    """The dense model's validation losses, computed once per model and windows and kept
+    in ``<data dir>/evals/`` (keyed by the model's digest and the windows' digest)."""
+    h = hashlib.sha256(digest.encode())
+    for name, windows in data.val.items():
+        h.update(name.encode())
+        h.update(windows.numpy().tobytes())
+    path = data.root / "evals" / f"{h.hexdigest()[:24]}.json"
+    if path.exists():
+        return json.loads(path.read_text())["val"]
+    val = evaluate_corpora(model, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"model": cfg.model, "sha256": digest, "val": val})
+    return val
+
+
 def _save_final(out: Path, loaded: LoadedModel, model: nn.Module, pruner) -> dict[str, str]:
     """The pruned model as a plain Hugging Face checkpoint and its mask file."""
     files: dict[str, str] = {}
@@ -584,7 +600,7 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
         calibration_batches=cfg.calibration_batches,
         data_dir=cfg.data_dir,
     )
-    pretrained = evaluate_corpora(model, data)
+    pretrained = _pretrained_eval(model, data, digest, cfg)
     teacher = None
     if cfg.trains and cfg.loss == "kd":
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
