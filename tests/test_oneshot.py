@@ -4,6 +4,7 @@ over its decoder blocks, and its masks as fixed or learned DPP starts."""
 from __future__ import annotations
 
 import copy
+import types
 
 import pytest
 import torch
@@ -283,6 +284,11 @@ def test_gpt2_conv1d_masks_are_shaped_like_its_weight():
         ({"method": "obs", "k": 2, "block_size": 4}, "valid: magnitude, wanda, sparsegpt"),
         ({"method": "wanda", "k": 2, "block_size": 4}, "calibration"),
         ({"method": "sparsegpt", "k": 2, "block_size": 4}, "calibration"),
+        ({"method": "wanda", "k": 2, "block_size": 4, "calibration_data": []}, "empty"),
+        (
+            {"method": "magnitude", "k": 2, "block_size": 4, "calibration_data": _calib()},
+            "not 'magnitude'",
+        ),
         (
             {"method": "magnitude", "k": 2, "block_size": 5},
             r"layer 'model\.layers\.0\.self_attn\.q_proj'.*block_size 5 does not divide",
@@ -300,6 +306,21 @@ def test_bad_input_gets_a_clear_error(options, match):
         dpp.oneshot(model, method, **options)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_blocks_with_different_attention_masks_are_refused_sequentially():
+    """Sequential calibration reuses the first block's kwargs, so a model whose blocks take
+    different masks (config.layer_types) is refused, naming sequential=False."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8))
+    model.config = types.SimpleNamespace(layer_types=["full_attention", "sliding_attention"])
+    calib = [torch.randn(20, 16)]
+    with pytest.raises(ValueError, match="sequential=False"):
+        dpp.oneshot(model, "wanda", k=2, block_size=4, calibration_data=calib)
+    result = dpp.oneshot(
+        model, "wanda", k=2, block_size=4, calibration_data=calib, sequential=False
+    )
+    assert result.blocks is None
 
 
 def test_masks_of_another_layout_are_refused_by_the_factories():

@@ -495,7 +495,21 @@ def oneshot(
         ValueError/TypeError: an unknown method (naming the valid ones), calibration data
             missing or empty for Wanda/SparseGPT, a ``block_size`` that does not divide a
             layer's fan-in (naming the layer), a pattern that matches no layer, a layer
-            that no calibration batch reaches, an already DPP-pruned model.
+            that no calibration batch reaches, an already DPP-pruned model. Everything but
+            an unreached layer is checked before any weight changes; a layer that no batch
+            reaches is found when its block is calibrated, and with ``update_weights=True``
+            the blocks before it are then already pruned.
+
+    Example:
+        >>> import torch, dpp
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(8, 2))
+        >>> result = dpp.oneshot(model, "sparsegpt", k=1, block_size=4,
+        ...                      calibration_data=[torch.randn(16, 8)])
+        >>> result.blocks  # the model itself is the stack: layer "2" sees pruned "0"
+        '<model>'
+        >>> [int(m.sum()) for m in result.masks.values()]  # 1 of every 4 kept
+        [16, 4]
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"dpp.oneshot expects a torch.nn.Module, got {type(model).__name__}")
