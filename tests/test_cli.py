@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from digits_runs import ROOT, run_cli, subprocess_env, train_argv, write_config
+from digits_runs import ROOT, digits, run_cli, subprocess_env, train_argv, write_config
 from dpp.experiments import cli
 from dpp.experiments.data import DATASETS, load_dataset
 from dpp.experiments.runconfig import OPTIMIZERS, load_config_file
@@ -402,3 +402,98 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
     monkeypatch.setattr(trainer, "train", typo)
     with pytest.raises(ModuleNotFoundError):
         cli.main(["train", "--set", "train.epochs=1"])
+
+
+# ------------------------------------------------------------------ pruning mistakes
+# (case, top-level keys and pruning keys to set on the digits config, the key the error names,
+# a piece of dpp.prune's text): every configuration mistake dpp.prune raises for LeNet-300-100.
+PRUNING_MISTAKES = [
+    ("unknown-override", {}, {"overrides": {"fc9": {"density": 0.5}}}, "overrides", "fc9"),
+    ("include-no-layer", {}, {"include": ["conv*"]}, "include", "matching no prunable"),
+    ("all-excluded", {}, {"exclude": ["fc*"]}, "exclude", "nothing to prune"),
+    ("k-too-large", {}, {"density": None, "k": 1000}, "k", "k must satisfy"),
+    ("override-k-too-large", {}, {"overrides": {"fc3": {"k": 500}}}, "overrides", "k = 500"),
+    ("conv-granularity", {}, {"granularity": "kernel"}, "granularity", "convolutions only"),
+    ("block-size", {}, {"granularity": "block", "block_size": 9}, "block_size", "divide"),
+    ("override-excluded", {}, {"exclude": ["fc3"]}, "exclude", "only excluded layers"),
+    ("nothing-touched", {}, {"density": None, "overrides": {}}, "", "nothing to prune"),
+    ("no-calibration", {}, {"logit_init": "wanda"}, "logit_init", "calibration"),
+    ("prior-and-baseline", {"method": "srste"}, {"logit_init": "wanda"}, "logit_init", "drop one"),
+]
+
+
+def _toml(value) -> str:
+    """A TOML value (strings, numbers, lists, inline tables) for the cases above."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _mistake_argv(tmp_path: Path, source: str, top: dict, pruning: dict) -> list[str]:
+    """``dpp train`` with the mistake in a TOML file or in ``--set`` assignments."""
+    if source == "set":
+        sets = [f"{k}={json.dumps(v)}" for k, v in top.items()]
+        sets += [f"pruning.{k}={json.dumps(v)}" for k, v in pruning.items()]
+        return train_argv(write_config(tmp_path / "digits.yaml"), tmp_path / "runs", *sets)
+    data = {**digits(), **top}
+    data["pruning"] = {k: v for k, v in {**data["pruning"], **pruning}.items() if v is not None}
+    lines = [f"{k} = {_toml(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for name, table in data.items():
+        if isinstance(table, dict):
+            lines += [f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in table.items())]
+    config = tmp_path / "run.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return train_argv(config, tmp_path / "runs")
+
+
+@pytest.mark.parametrize("source", ["toml", "set"])
+@pytest.mark.parametrize(
+    ("top", "pruning", "key", "text"),
+    [case[1:] for case in PRUNING_MISTAKES],
+    ids=[case[0] for case in PRUNING_MISTAKES],
+)
+def test_a_pruning_section_dpp_prune_refuses_is_one_line(
+    tmp_path: Path, source, top, pruning, key, text
+):
+    """A pruning section dpp.prune refuses (file or --set): exit 2, one line naming the key
+    with dpp.prune's text, no traceback, no run directory."""
+    code, out, err = run_cli(*_mistake_argv(tmp_path, source, top, pruning))
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("dpp train: config error: pruning"), err
+    named = err.removeprefix("dpp train: config error: ").split(": ")[0].split(", ")
+    assert (f"pruning.{key}" in named) if key else named == ["pruning"], err
+    assert text in err
+    assert out == "" and not (tmp_path / "runs").exists()
+
+
+def test_a_pruning_mistake_is_found_before_the_data_is_read(tmp_path: Path, monkeypatch):
+    """The pruning section is checked against the model before any dataset is loaded."""
+    from dpp.experiments import trainer
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the pruning section was checked")
+
+    monkeypatch.setattr(trainer, "load_dataset", no_data)
+    config = write_config(tmp_path / "digits.yaml")
+    code, _, err = run_cli(*train_argv(config, tmp_path / "runs", "pruning.include=[conv1]"))
+    assert code == 2 and "pruning.include" in err
+
+
+def test_an_error_after_dpp_prune_changed_the_model_keeps_its_traceback(
+    tmp_path: Path, monkeypatch
+):
+    """A ValueError raised once dpp.prune has built the layers is a bug, not a config error."""
+    import dpp.pruner
+    from dpp.experiments.errors import UserError
+
+    def broken(model):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(dpp.pruner, "guard_save_pretrained", broken)
+    config = write_config(tmp_path / "digits.yaml")
+    with pytest.raises(ValueError, match="a bug") as caught:
+        cli.main(train_argv(config, tmp_path / "runs"))
+    assert not isinstance(caught.value, UserError)

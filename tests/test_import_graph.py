@@ -1,8 +1,10 @@
-"""The import graph of ``src/dpp``: no cycles, function-level imports counted."""
+"""The import graph of ``src/dpp``: no cycles, function-level and ``TYPE_CHECKING`` imports
+counted."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -13,33 +15,13 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def is_type_checking_block(node: ast.AST) -> bool:
-    """``if TYPE_CHECKING:`` bodies never run, so they cannot take part in an import cycle."""
-    return (
-        isinstance(node, ast.If)
-        and isinstance(node.test, ast.Name | ast.Attribute)
-        and ast.unparse(node.test).endswith("TYPE_CHECKING")
-    )
-
-
-def runtime_nodes(tree: ast.AST):
-    """Every node of ``tree`` except those under ``if TYPE_CHECKING:``."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        if is_type_checking_block(node):
-            stack.extend(node.orelse)
-        else:
-            stack.extend(ast.iter_child_nodes(node))
-
-
 def imported_modules(path: Path, modules: set[str]) -> set[str]:
-    """The dpp modules ``path`` imports, at module level or inside functions."""
+    """The dpp modules ``path`` imports: at module level, inside functions and under
+    ``if TYPE_CHECKING:`` (a reader following the imports meets those too)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out: set[str] = set()
-    for node in runtime_nodes(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -98,8 +80,23 @@ def test_parser_sees_imports_inside_functions():
     assert "dpp.experiments.trainer" in graph["dpp.experiments.cli"]  # imported in functions
 
 
+def test_parser_sees_type_checking_imports(tmp_path, monkeypatch):
+    """An import under ``if TYPE_CHECKING:`` is an edge of the graph."""
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path)
+    source = tmp_path / "dpp" / "probe.py"
+    source.parent.mkdir()
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from .experiments.runconfig import RunConfig\n"
+    )
+    modules = {"dpp.probe", "dpp.experiments.runconfig"}
+    assert imported_modules(source, modules) == {"dpp.experiments.runconfig"}
+
+
 def test_no_import_cycle_among_dpp_modules():
-    """No chain of imports (module-level or in functions) among src/dpp modules comes back."""
+    """No chain of imports (module-level, in functions or under TYPE_CHECKING) among src/dpp
+    modules comes back."""
     graph = import_graph()
     assert len(graph) > 20
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])

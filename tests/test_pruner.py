@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import warnings
 from collections import OrderedDict
 
 import pytest
@@ -553,3 +554,79 @@ def test_report_still_available_after_finalize():
     assert pruner.rows() == before
     assert "finalized" in pruner.summary().splitlines()[0]
     assert set(pruner.finalized_layers) == set(records) == {"fc1", "fc2", "out"}
+
+
+# ------------------------------------------------------------------ masks that do not learn
+def _train(model: nn.Module, pruner: dpp.Pruner, optimizer, steps: int = 4, zero_first=True):
+    """A plain loop: forward, backward, optimizer step, pruner.step() (gradients cleared
+    before the backward, or, as transformers' Trainer does, before pruner.step())."""
+    torch.manual_seed(0)
+    for _ in range(steps):
+        if zero_first:
+            optimizer.zero_grad()
+        model(torch.randn(16, 16)).pow(2).mean().backward()
+        optimizer.step()
+        if not zero_first:
+            optimizer.zero_grad()
+        pruner.step()
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def _not_learning(caught) -> list[str]:
+    return [str(w.message) for w in caught if "Pruner.step()" in str(w.message)]
+
+
+def test_training_in_eval_mode_warns_once_naming_the_fix():
+    """step() with every learned mask in eval mode warns once, with model.train() as the fix."""
+    model = _mlp()
+    pruner = dpp.prune(model, density=0.25)
+    model.eval()  # what transformers' from_pretrained returns
+    optimizer = torch.optim.Adam(pruner.param_groups(lr=1e-2))
+    with pytest.warns(UserWarning) as caught:
+        _train(model, pruner, optimizer)
+    (message,) = _not_learning(caught)
+    assert "eval mode" in message and "model.train()" in message
+    assert all(s.logits.grad is None for _, s in pruner._sources())  # the cause it names
+
+
+def test_a_layer_in_eval_mode_warns_once_naming_it():
+    """A layer whose weight trains while its logits get no gradient (that layer alone in
+    eval mode) is named in one warning."""
+    model = _mlp()
+    pruner = dpp.prune(model, density=0.25)
+    model[2].eval()
+    optimizer = torch.optim.Adam(pruner.param_groups(lr=1e-2))
+    with pytest.warns(UserWarning) as caught:
+        _train(model, pruner, optimizer)
+    (message,) = _not_learning(caught)
+    assert "weights of 2 were trained" in message and "model.train()" in message
+
+
+@pytest.mark.parametrize("zero_first", [True, False])
+@pytest.mark.parametrize("regime", ["weights and masks", "masks only", "fixed logits"])
+def test_normal_training_does_not_warn(regime, zero_first):
+    """A training loop in train mode never warns, whether gradients are cleared before the
+    backward or before step(), with frozen weights or with logits frozen on purpose."""
+    model = _mlp()
+    ramp = {"kind": "linear", "start": 0.0, "end": 1.0, "steps": 3}
+    pruner = dpp.prune(model, density=0.25, sparsity_ramp=ramp)
+    if regime == "masks only":
+        pruner.freeze_weights()
+    if regime == "fixed logits":
+        for logits in pruner.logits():
+            logits.requires_grad_(False)
+    optimizer = torch.optim.SGD(
+        [p for g in pruner.param_groups(lr=1e-2) for p in g["params"] if p.requires_grad], lr=0.1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(model, pruner, optimizer, zero_first=zero_first)
+        model.eval()  # evaluating between steps, then back to training
+        model(torch.randn(2, 16))
+        model.train()
+        _train(model, pruner, optimizer, steps=2, zero_first=zero_first)
+        pruner.step(5)  # moving the schedules on without training

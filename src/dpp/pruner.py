@@ -282,10 +282,63 @@ class Pruner:
         return self.config.noise_scale.value(self._step)
 
     def step(self, steps: int = 1) -> None:
-        """Advance the temperature and noise schedules; call once per optimizer step."""
+        """Advance the temperature and noise schedules; call once per optimizer step.
+
+        Warns once (a ``UserWarning``) when the masks are not learning: every learned mask
+        is in eval mode (its mask is the deterministic top-k, so its logits get no
+        gradient: call ``model.train()``), or a layer's weight was trained since the
+        previous call while its logits got no gradient and did not change.
+        """
         self._check_live("step")
+        self._warn_if_masks_not_learning()
         self._step += int(steps)
         self._apply_schedules()
+
+    def _warn_if_masks_not_learning(self) -> None:
+        """The check of :meth:`step`: the mode of each learned mask; per layer, whether the
+        weight moved (a gradient, or an in-place update: its version counter) while the
+        logits did not. A few attribute reads per layer, no tensor work."""
+        if getattr(self, "_warned_not_learning", False):
+            return
+        learned = [(n, s) for n, s in self._sources() if s.logits.requires_grad]
+        if not learned:
+            return  # fixed masks, or logits frozen on purpose
+        if not any(source.training for _, source in learned):
+            self._warn_not_learning(
+                "every DPP layer is in eval mode, where its mask is the deterministic top-k "
+                "of its logits, so the logits get no gradient and the masks do not learn"
+            )
+            return
+        versions = {n: (s.logits._version, self.layers[n].weight._version) for n, s in learned}
+        before: dict[str, tuple[int, int]] = getattr(self, "_learning_versions", {})
+        self._learning_versions = versions
+        stuck = []
+        for name, source in learned:
+            if name not in before:
+                continue
+            weight = self.layers[name].weight
+            weight_moved = weight.grad is not None or weight._version != before[name][1]
+            logits_moved = source.logits.grad is not None or versions[name][0] != before[name][0]
+            if weight_moved and not logits_moved:
+                stuck.append(name)
+        if stuck:
+            listed = ", ".join(stuck[:5]) + (", ..." if len(stuck) > 5 else "")
+            self._warn_not_learning(
+                f"the weights of {listed} were trained since the previous step() but their "
+                "mask logits got no gradient, so those masks do not learn (a layer in eval "
+                "mode uses its deterministic mask; an optimizer built before dpp.prune does "
+                "not hold the logits)"
+            )
+
+    def _warn_not_learning(self, cause: str) -> None:
+        self._warned_not_learning = True
+        warnings.warn(
+            f"Pruner.step(): {cause}. Call model.train() before training (transformers' "
+            "from_pretrained returns a model in eval mode) and build the optimizer after "
+            "dpp.prune, from pruner.param_groups(...).",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The pruner's own state (schedule position and config); the logits are in the model's."""

@@ -36,12 +36,11 @@ import pydantic
 import torch
 from torch import Tensor, nn
 
-import dpp
 from dpp.granularity import GroupLayout
 from dpp.masks import FixedMask, MaskSource, topk_mask
 
 from .errors import ConfigError
-from .methods import METHODS, TrainingMethod, example_inputs, register_method
+from .methods import METHODS, TrainingMethod, prune_with_config, register_method
 from .seeding import name_seed
 
 __all__ = [
@@ -53,7 +52,7 @@ __all__ = [
     "magnitude_mask",
 ]
 
-if TYPE_CHECKING:  # for annotations; runconfig imports this module, so not at run time
+if TYPE_CHECKING:
     from .runconfig import RunConfig
 
 _STRICT = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -160,16 +159,13 @@ def _require_dense_start(cfg: RunConfig) -> None:
 class _KOfNBaseline(TrainingMethod):
     """A k-of-n baseline: ``dpp.prune`` with a mask source instead of learned logits."""
 
+    prunes_with = "mask_source"
+
     def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int) -> None:
         super().__init__(model, cfg, steps_per_epoch)
         self.name = cfg.method
         self.options = _options(cfg)
-        self.pruner = dpp.prune(
-            model,
-            cfg.dpp_config(steps_per_epoch),
-            mask_source=self.source,
-            example_inputs=example_inputs(cfg, model),
-        )
+        self.pruner = prune_with_config(cfg, model, steps_per_epoch, mask_source=self.source)
 
     def source(self, name: str, module: nn.Module, layout: GroupLayout) -> MaskSource:
         raise NotImplementedError
@@ -279,6 +275,7 @@ class MagnitudeGlobal(TrainingMethod):
     """
 
     name = "magnitude_global"
+    prunes_with = "logits"  # dpp.prune on a copy: which layers, how many weights
 
     def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int) -> None:
         super().__init__(model, cfg, steps_per_epoch)
@@ -287,11 +284,7 @@ class MagnitudeGlobal(TrainingMethod):
         import torch.nn.utils.prune as torch_prune
 
         # Which layers, and how many weights k-of-n would keep there: ask dpp on a copy.
-        probe = dpp.prune(
-            copy.deepcopy(model),
-            cfg.dpp_config(steps_per_epoch),
-            example_inputs=example_inputs(cfg, model),
-        )
+        probe = prune_with_config(cfg, copy.deepcopy(model), steps_per_epoch)
         rows = [r for r in probe.rows() if r.k is not None]
         self.targets = [(model.get_submodule(r.layer), "weight") for r in rows]
         total = sum(r.weights for r in rows)

@@ -4,6 +4,11 @@ Each model and each training method registers itself where it is defined, under 
 canonical name and any aliases; lookups are case-insensitive and list the valid names when
 they fail. This module imports nothing from dpp, so every other module can use it.
 
+The registry of training methods, :data:`METHODS`, lives here rather than beside the methods:
+the run config looks method names up in it, and the methods annotate with the run config,
+so neither imports the other. :mod:`dpp.experiments.builtin_methods` fills it with the
+built-in methods (``import dpp.experiments`` imports it).
+
 Example::
 
     >>> SHAPES = Registry("shape")
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Entry", "Registry", "suggest"]
+__all__ = ["METHODS", "Entry", "Registry", "suggest"]
 
 T = TypeVar("T")
 
@@ -116,3 +121,9 @@ class _Objects(Mapping[str, T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+#: Training method name -> its :class:`~dpp.experiments.methods.TrainingMethod` class;
+#: ``meta["options"]`` is the pydantic model of its ``[baseline]`` options. Filled by
+#: ``@register_method`` (:mod:`dpp.experiments.methods`).
+METHODS: Registry[Any] = Registry("method")

@@ -54,11 +54,10 @@ from pydantic_core import PydanticCustomError
 import dpp
 from dpp.schedules import SCHEDULE_KINDS
 
-from . import baselines as _baselines  # noqa: F401 (importing it registers the baselines)
 from .data import DATASETS, canonical_name
 from .errors import ConfigError
-from .methods import METHODS as METHOD_REGISTRY
 from .models import REGISTRY as MODEL_REGISTRY
+from .registry import METHODS as METHOD_REGISTRY
 from .registry import suggest
 
 __all__ = [

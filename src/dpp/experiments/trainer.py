@@ -47,7 +47,7 @@ from .checkpoint import (
 )
 from .data import BatchLoader, Splits, TensorDataset, default_augmentation, load_dataset
 from .errors import ConfigError, ResumeError, RunDirError
-from .methods import TrainingMethod, create_method
+from .methods import TrainingMethod, check_pruning, create_method
 from .models import create_model
 from .runconfig import RunConfig
 from .seeding import mix_seed
@@ -398,6 +398,7 @@ def train(
         # processor setting, switched back off when train() returns.
         torch.set_flush_denormal(True)
 
+    check_pruning(cfg)  # a pruning section the model does not take: before reading any data
     splits = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir, val_size=cfg.data.val_size)
     if splits.train.images.shape[0] == 0:
         raise ValueError(f"dataset {cfg.data.dataset} has no training images")
