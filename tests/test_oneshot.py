@@ -263,6 +263,49 @@ def test_a_plain_sequential_model_is_pruned_layer_by_layer():
         torch.testing.assert_close(model.get_submodule(n).weight, ref.get_submodule(n).weight)
 
 
+class _Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(torch.relu(self.fc1(h)))
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 16)
+        self.blocks = nn.ModuleList([_Block(16), _Block(16)])
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(h)
+
+
+def test_layers_before_and_after_the_blocks_are_pruned_in_forward_order():
+    """A layer before the stack of blocks is pruned before the blocks are calibrated, one
+    after it on the pruned blocks' outputs: the same as recalibrating per layer."""
+    torch.manual_seed(0)
+    model = _Net()
+    ref = copy.deepcopy(model)
+    calib = [torch.randn(24, 8) for _ in range(2)]
+    calls = _Counter(model)
+    result = dpp.oneshot(
+        model, "sparsegpt", k=2, block_size=4, calibration_data=calib, true_sequential=True
+    )
+    names = ["inp", "blocks.0.fc1", "blocks.0.fc2", "blocks.1.fc1", "blocks.1.fc2", "out"]
+    want = _reference_sparsegpt(ref, calib, [[n] for n in names])
+    assert result.blocks == "blocks" and sorted(result.masks) == sorted(names)
+    for n in names:
+        assert torch.equal(result.masks[n], want[n]), n
+        torch.testing.assert_close(model.get_submodule(n).weight, ref.get_submodule(n).weight)
+    assert calls.calls == 3 * len(calib)  # capture, capture after "inp", "out"'s pass
+
+
 def test_gpt2_conv1d_masks_are_shaped_like_its_weight():
     """GPT-2's Conv1D (weight [in, out]) keeps k of every block_size inputs per output."""
     cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32)
