@@ -238,6 +238,20 @@ def test_gguf_file_loads_with_same_logits_and_its_tokenizer(tmp_path):
     assert model_digest(again / "tiny-llama.F32.gguf") != loaded.sha256
 
 
+def test_a_model_loaded_from_gguf_saves_as_a_plain_checkpoint(tmp_path):
+    """A GGUF model (dequantized on load) saves with save_pretrained, and that directory
+    loads back with the same logits."""
+    path = tmp_path / "tiny-llama.F32.gguf"
+    write_tiny_gguf(path)
+    loaded = load_causal_lm(path)
+    loaded.model.save_pretrained(tmp_path / "saved")
+    loaded.tokenizer.save_pretrained(tmp_path / "saved")
+    again = load_causal_lm(tmp_path / "saved")
+    ids = torch.tensor([[1, 5, 7, 9, 2, 250]])
+    torch.testing.assert_close(again.model(ids).logits, loaded.model(ids).logits)
+    assert again.tokenizer_id == loaded.tokenizer_id
+
+
 def test_gguf_of_an_unknown_architecture_is_refused(tmp_path):
     """A GGUF file transformers cannot read as a causal LM gives a ModelError naming it."""
     gguf = pytest.importorskip("gguf")

@@ -231,7 +231,23 @@ def _from_pretrained(directory: Path, dtype: torch.dtype, gguf_file: str | None,
             f"{exc}); pass a save_pretrained directory of a *ForCausalLM model or a GGUF file "
             f"of an architecture transformers reads"
         ) from exc
+    if gguf_file is not None:
+        _forget_gguf_quantization(model)
     return model, tokenizer
+
+
+def _forget_gguf_quantization(model: nn.Module) -> None:
+    """transformers dequantizes a GGUF file to plain ``dtype`` tensors but keeps marking the
+    model as GGUF-quantized, which makes ``save_pretrained`` refuse it; the weights are
+    ordinary tensors, so drop the marks (a pruned model is then saved as a plain checkpoint)."""
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
 
 
 def _wrap_hf(model: nn.Module, tokenizer, *, name: str, sha256: str, where: Path) -> LoadedModel:
