@@ -16,6 +16,12 @@ Methods (``k:m`` on every Linear of the model except the output head):
 | ``dpp-mask`` | DPP from ``prior``, learned | frozen (mask-only, the MaskLLM regime) |
 | ``dpp-joint`` | DPP from ``prior``, learned | trained jointly |
 
+SparseGPT runs true-sequentially (each group of a block's layers calibrated on the outputs
+of the pruned layers before it, as recalibrating the whole model per layer does), with its
+OBS weight update. Wanda scores every layer from one pass of the dense model, as
+``logit_init="wanda"`` does, so that DPP from the Wanda prior starts at exactly the one-shot
+Wanda mask.
+
 Every method that trains sees the same windows in the same order (``seed`` picks the order
 and DPP's noise; a fixed alternating mix of the ``corpora``), with the same schedule family
 (linear warmup over 5% of the steps, cosine decay to 10%), at its own learning rate, on the
@@ -315,6 +321,8 @@ def _setup(cfg: MaskRunConfig, model: nn.Module, calib: list) -> dpp.Pruner | No
             k=cfg.k,
             block_size=cfg.m,
             calibration_data=calib if base != "magnitude" else None,
+            sequential=base != "wanda",
+            true_sequential=base == "sparsegpt",
         )
         return dpp.prune(model, **_common(cfg), mask_source=result.fixed_masks())
     if not base.startswith("dpp"):
@@ -325,7 +333,12 @@ def _setup(cfg: MaskRunConfig, model: nn.Module, calib: list) -> dpp.Pruner | No
         # that the starting deterministic mask gives the one-shot SparseGPT model exactly.
         updated = copy.deepcopy(model)
         result = dpp.oneshot(
-            updated, "sparsegpt", k=cfg.k, block_size=cfg.m, calibration_data=calib
+            updated,
+            "sparsegpt",
+            k=cfg.k,
+            block_size=cfg.m,
+            calibration_data=calib,
+            true_sequential=True,
         )
         with torch.no_grad():
             new = dict(updated.named_modules())
