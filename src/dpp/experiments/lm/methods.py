@@ -161,6 +161,9 @@ class MaskRunConfig:
     """Steps between checkpoints (a multiple of the curve's 25 steps)."""
     data_dir: str = ""
     """Where prepared corpora are kept; empty: the byte-level model's, or runs/lm/data."""
+    device: str = "cpu"
+    """Where the model trains (``cpu``, ``cuda``, ``cuda:1``, ...); not part of the run's
+    identity (the numbers of another device differ by float round-off only)."""
 
     def __post_init__(self) -> None:
         self.corpora = tuple(self.corpora)
@@ -475,6 +478,7 @@ def _train(
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = lr_at(step, lr=lr, warmup=warmup, total=cfg.steps, min_ratio=0.1)
         ids = data.train_batch(step=step, seed=10_000 + cfg.seed, batch=cfg.batch)
+        ids = ids.to(cfg.device)
         optimizer.zero_grad(set_to_none=True)
         loss = _loss(cfg, model, ids, teacher)
         if pruner is not None and cfg.entropy_weight:
@@ -602,7 +606,7 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
     remove_stale_temp_files(out)
     started = time.perf_counter()
     loaded = load_causal_lm(cfg.model)
-    model = loaded.model
+    model = loaded.model.to(cfg.device)
     data = load_data(
         loaded,
         cfg.corpora,
@@ -617,7 +621,7 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
     teacher = None
     if cfg.trains and cfg.loss == "kd":
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    pruner = _setup(cfg, model, data.calibration)
+    pruner = _setup(cfg, model, [batch.to(cfg.device) for batch in data.calibration])
     curve: list[dict[str, Any]] = []
     step_seconds = 0.0
     if cfg.trains:

@@ -89,11 +89,12 @@ def evaluate(model: nn.Module, windows: torch.Tensor, batch: int = 32) -> dict[s
             batch's logits stay within :data:`LOGITS_PER_BATCH`).
     """
     model.eval()
+    device = next(model.parameters()).device
     vocab = model.get_output_embeddings().weight.shape[0]
     batch = max(1, min(batch, LOGITS_PER_BATCH // (windows.shape[1] * vocab)))
     losses = []
     for i in range(0, len(windows), batch):
-        ids = windows[i : i + batch]
+        ids = windows[i : i + batch].to(device)
         logits = model(ids, use_cache=False).logits[:, :-1].float()
         loss = nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
