@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,3 +311,18 @@ def test_a_mask_run_refuses_another_corpus_than_the_dense_models(tmp_path, sourc
     with pytest.raises(ConfigError, match="is not the one"):
         run_method(run, tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == [".lock"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parent.parent / "configs" / "lm").glob("*.toml")),
+    ids=lambda p: p.stem,
+)
+def test_shipped_lm_grids_are_valid(path):
+    """Every grid file under configs/lm/ names its model and output directory, uses known
+    keys and valid settings, and gives each run its own directory."""
+    from dpp.experiments.lm.grid import grid_runs
+
+    runs = grid_runs(path)
+    assert runs and len({d for d, _ in runs}) == len(runs)
+    assert all(d.is_relative_to(Path(str(runs[0][0]).split("/")[0])) for d, _ in runs)
