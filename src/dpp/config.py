@@ -14,6 +14,7 @@ from .schedules import Schedule
 __all__ = ["OVERRIDE_KEYS", "DPPConfig", "LayerSettings", "matches_pattern"]
 
 LOGIT_INITS = ("normal", "magnitude", "wanda", "sparsegpt", "sparsegpt-saliency")
+LOGIT_DTYPES = ("float32", "bfloat16", "float16")
 OVERRIDE_KEYS = (
     "granularity",
     "density",
@@ -142,6 +143,10 @@ class DPPConfig:
             draw is held the logits still train at every step: their gradient is the
             relaxed gradient of the held draw (its noise, its kept set) at the current
             logits. Needs ``Pruner.step()`` once per optimizer step.
+        logit_dtype: storage dtype of the logits (and so of their gradient): ``"float32"``
+            (the default), ``"bfloat16"`` or ``"float16"`` (2 bytes per candidate instead
+            of 4, for large models; the sampler computes in float32 either way, and
+            :meth:`Pruner.optimizer` updates 16-bit logits with stochastic rounding).
 
     Example:
         >>> import dpp
@@ -167,6 +172,7 @@ class DPPConfig:
     quant_scale: str = "channel"
     activation_bits: int | None = None
     resample_every: int = 1
+    logit_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.temperature = Schedule.coerce(self.temperature, "temperature")
@@ -227,6 +233,10 @@ class DPPConfig:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(
                 f"resample_every must be an int >= 1 (1: a fresh mask every step), got {every!r}"
+            )
+        if self.logit_dtype not in LOGIT_DTYPES:
+            raise ValueError(
+                f"logit_dtype must be one of {', '.join(LOGIT_DTYPES)}, got {self.logit_dtype!r}"
             )
         for pattern, values in self.overrides.items():
             unknown = set(values) - set(OVERRIDE_KEYS)

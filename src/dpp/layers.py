@@ -33,6 +33,8 @@ Example:
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .granularity import GroupLayout
-from .masks import MaskSource
+from .masks import DPPMask, FixedMask, MaskSource
 from .quantization import (
     ActivationQuantizer,
     QuantSpec,
@@ -128,6 +130,166 @@ def canonical_weight(module: nn.Module) -> Tensor:
     return weight.t() if is_hf_conv1d(type(module)) else weight
 
 
+def _pack_mask(mask: Tensor) -> Tensor:
+    """A 0/1 ``[groups, n]`` mask as bits: ``[groups]`` uint8 for ``n <= 8``, else bool."""
+    n = mask.shape[-1]
+    if n > 8:
+        return mask.ne(0)
+    weights = torch.tensor([1 << j for j in range(n)], dtype=torch.uint8, device=mask.device)
+    return mask.ne(0).to(torch.uint8).mul_(weights).sum(-1, dtype=torch.uint8)
+
+
+def _unpack_mask(packed: Tensor, n: int) -> Tensor:
+    """The ``[groups, n]`` 0/1 uint8 (or bool) mask of :func:`_pack_mask`."""
+    if packed.dtype == torch.bool:
+        return packed
+    shifts = torch.arange(n, dtype=torch.uint8, device=packed.device)
+    return packed.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and_(1)
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """``weight * expand(mask)``, made directly in ``dtype``, saving only a bool mask.
+
+    The product with a 0/1 mask is exact in any dtype, so making it in the autocast dtype
+    (bfloat16) equals casting the float32 product: no float32 copy of the weight is made,
+    and for the backward the mask is kept as bits, one byte per group of ``n <= 8``
+    (bool otherwise), not the float32 expanded mask that ``weight * kept`` saves.
+    Gradients: ``grad * kept`` for the weight (in the weight's dtype), and
+    ``sum(grad * weight)`` over each mask entry's weights for the mask (in the mask's
+    dtype), as the plain product gives.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, weight: Tensor, group_mask: Tensor, mask_shape: tuple[int, ...], dtype: torch.dtype
+    ) -> Tensor:
+        kept = group_mask.detach().reshape(mask_shape)
+        out = weight.detach().to(dtype, copy=True).mul_(kept)
+        ctx.mask_shape, ctx.group_shape = mask_shape, group_mask.shape
+        ctx.mask_dtype, ctx.weight_dtype = group_mask.dtype, weight.dtype
+        need_w, need_m = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.save_for_backward(
+            _pack_mask(group_mask.detach()) if need_w else None, weight if need_m else None
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        kept, weight = ctx.saved_tensors
+        grad_w = grad_m = None
+        if kept is not None:
+            kept = _unpack_mask(kept, ctx.group_shape[-1]).reshape(ctx.mask_shape)
+            grad_w = grad.to(ctx.weight_dtype, copy=True).mul_(kept)
+        if weight is not None:
+            prod = torch.mul(grad, weight)
+            if prod.shape != torch.Size(ctx.mask_shape):
+                prod = prod.sum_to_size(ctx.mask_shape)
+            grad_m = prod.reshape(ctx.group_shape).to(ctx.mask_dtype)
+        return grad_w, grad_m, None, None
+
+
+_CAST = threading.local()
+
+
+def _cast_input(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x.to(dtype)``, the same tensor for the same unchanged ``x`` as the call before.
+
+    Layers that read one input (q/k/v projections, gate and up) then save one copy of it
+    for backward instead of one each (autocast casts, and saves, it once per layer).
+    """
+    if x.dtype == dtype:
+        return x
+    if torch.compiler.is_compiling():
+        return x.to(dtype)
+    last = getattr(_CAST, "last", None)
+    if last is not None and last[0]() is x and last[1] == x._version and last[2] == dtype:
+        cast = last[3]()
+        if cast is not None:
+            return cast
+    cast = x.to(dtype)
+    _CAST.last = (weakref.ref(x), x._version, dtype, weakref.ref(cast))
+    return cast
+
+
+class _MaskedLinear(torch.autograd.Function):
+    """``linear(x, weight * expand(mask), bias)`` in ``dtype``, saving the input, the bits
+    of the mask and no weight copy.
+
+    The forward computes what autocast computes for ``F.linear(x, weight * kept, bias)``
+    (the product with a 0/1 mask is exact in any dtype). For backward it keeps ``x`` in
+    ``dtype`` (shared by the layers that read the same input), the weight parameter itself
+    and the mask as bits; the masked weight in ``dtype`` is made again in backward, one
+    layer at a time, where autograd would keep one per layer from forward to backward.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        group_mask: Tensor,
+        mask_shape: tuple[int, ...],
+        dtype: torch.dtype,
+    ) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            kept = group_mask.detach().reshape(mask_shape)
+            w = weight.detach().to(dtype, copy=True).mul_(kept)
+            xc = _cast_input(x, dtype)
+            b = None if bias is None else bias.detach().to(dtype)
+            y = F.linear(xc, w, b)
+        need_x, need_w, _, need_m = ctx.needs_input_grad[:4]
+        ctx.mask_shape, ctx.group_shape = mask_shape, group_mask.shape
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.mask_dtype = group_mask.dtype
+        ctx.save_for_backward(
+            xc if (need_w or need_m) else None,
+            weight if (need_x or need_m) else None,
+            _pack_mask(group_mask.detach()) if (need_x or need_w) else None,
+        )
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        xc, weight, packed = ctx.saved_tensors
+        need_x, need_w, need_b, need_m = ctx.needs_input_grad[:4]
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        out_features = grad.shape[-1]
+        g2 = grad.reshape(-1, out_features)
+        kept = None
+        if packed is not None:
+            kept = _unpack_mask(packed, ctx.group_shape[-1]).reshape(ctx.mask_shape)
+        grad_x = grad_w = grad_b = grad_m = None
+        with torch.autocast(grad.device.type, enabled=False):
+            if need_x:
+                w = weight.detach().to(grad.dtype, copy=True).mul_(kept)
+                grad_x = g2.mm(w).reshape(*grad.shape[:-1], w.shape[-1]).to(x_dtype)
+            if need_w or need_m:
+                x2 = xc.reshape(-1, xc.shape[-1])
+                grad_eff = g2.t().mm(x2.to(g2.dtype))
+                if need_m:
+                    # grad_eff cast to the weight's dtype times the weight, in one pass.
+                    prod = torch.empty_like(weight)
+                    torch.mul(grad_eff, weight, out=prod)
+                    if prod.shape != torch.Size(ctx.mask_shape):
+                        prod = prod.sum_to_size(ctx.mask_shape)
+                    grad_m = prod.reshape(ctx.group_shape).to(ctx.mask_dtype)
+                if need_w:
+                    grad_w = torch.empty(grad_eff.shape, dtype=w_dtype, device=grad.device)
+                    torch.mul(grad_eff, kept, out=grad_w)
+            if need_b:
+                grad_b = g2.sum(0).to(b_dtype)
+        return grad_x, grad_w, grad_b, grad_m, None, None
+
+
+def _binary_mask_source(source: MaskSource) -> bool:
+    """Whether ``source``'s masks are exactly 0/1 and applied as the plain product."""
+    return (
+        isinstance(source, (DPPMask, FixedMask))
+        and type(source).masked_weight is MaskSource.masked_weight
+    )
+
+
 class DPPLayer:
     """Mixin of the masked layers: the effective weight is ``quant(W * mask)``.
 
@@ -163,10 +325,15 @@ class DPPLayer:
             group_mask = self.dpp_group_mask()
         kept = None
         if group_mask is not None:
-            assert self.dpp_layout is not None
-            kept = self.dpp_layout.expand(group_mask).to(w.dtype)
-            assert self.dpp is not None
-            w = self.dpp.masked_weight(w, kept)
+            assert self.dpp_layout is not None and self.dpp is not None
+            if self.dpp_quant is None and _binary_mask_source(self.dpp):
+                dtype = w.dtype
+                if w.dtype == torch.float32 and torch.is_autocast_enabled(w.device.type):
+                    dtype = torch.get_autocast_dtype(w.device.type)
+                w = _MaskedWeight.apply(w, group_mask, self.dpp_layout.mask_shape, dtype)
+            else:
+                kept = self.dpp_layout.expand(group_mask).to(w.dtype)
+                w = self.dpp.masked_weight(w, kept)
             if self.dpp_layout.prunes_bias:
                 channels = self.dpp_layout.bias_mask(group_mask)
                 # Read by a BatchNorm linked to this layer (dpp.batchnorm), same forward call.
@@ -176,6 +343,35 @@ class DPPLayer:
         if self.dpp_quant is not None:
             w = fake_quantize(w, self.dpp_quant, kept)
         return w, b
+
+    def _dpp_linear(self, input: Tensor) -> Tensor:
+        """``F.linear`` of the input with the effective weight and bias (Linear, Conv1D)."""
+        x = self._dpp_input(input)
+        w = canonical_weight(self)  # type: ignore[arg-type]
+        source, lay = self.dpp, self.dpp_layout
+        dtype = None
+        if torch.is_autocast_enabled(x.device.type) and w.dtype == torch.float32:
+            dtype = torch.get_autocast_dtype(x.device.type)
+        elif x.dtype == w.dtype:
+            dtype = w.dtype
+        if (
+            source is None
+            or lay is None
+            or self.dpp_quant is not None
+            or dtype is None
+            or not x.is_floating_point()
+            or not _binary_mask_source(source)
+        ):
+            w, b = self.dpp_weight_bias()
+            return F.linear(x, w, b)
+        group_mask = source(w)
+        b = self.bias
+        if lay.prunes_bias:
+            channels = lay.bias_mask(group_mask)
+            self._dpp_channel_mask = channels
+            if b is not None:
+                b = b * channels.to(b.dtype)
+        return _MaskedLinear.apply(x, w, b, group_mask, lay.mask_shape, dtype)
 
     def dpp_masks(self) -> Tensor | None:
         """Deterministic mask shaped like the weight (bool), or ``None`` if not pruned."""
@@ -207,8 +403,7 @@ class DPPLinear(DPPLayer, nn.Linear):
     """``nn.Linear`` whose weight is masked k-of-n (and optionally quantized)."""
 
     def forward(self, input: Tensor) -> Tensor:
-        w, b = self.dpp_weight_bias()
-        return F.linear(self._dpp_input(input), w, b)
+        return self._dpp_linear(input)
 
     def extra_repr(self) -> str:
         return f"{nn.Linear.extra_repr(self)}, {self._dpp_repr()}"
@@ -239,8 +434,7 @@ class _DPPConv1DMixin(DPPLayer):
     """Hugging Face ``Conv1D`` (``y = x @ W + b``, ``W [in, out]``) computed as a Linear."""
 
     def forward(self, input: Tensor) -> Tensor:
-        w, b = self.dpp_weight_bias()  # [out, in]
-        return F.linear(self._dpp_input(input), w, b)
+        return self._dpp_linear(input)  # the weight seen as [out, in]
 
     def __repr__(self) -> str:
         nf, nx = self.nf, self.nx  # type: ignore[attr-defined]

@@ -94,6 +94,7 @@ class DPPMask(MaskSource):
         layout: the layer's group layout.
         init_std: standard deviation of the normal initialisation of the logits.
         init_logits: optional initial logits ``[num_groups, n]`` (e.g. from weight magnitudes).
+        dtype: storage dtype of the logits (float32 default; bfloat16 / float16 halve them).
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class DPPMask(MaskSource):
         init_logits: Tensor | None = None,
         *,
         device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(layout)
         shape = (layout.num_groups, layout.n)
@@ -114,7 +116,7 @@ class DPPMask(MaskSource):
             logits = init_logits.detach().to(device=device, dtype=torch.float32).clone()
         else:
             logits = torch.randn(shape, device=device) * init_std
-        self.logits = nn.Parameter(logits)
+        self.logits = nn.Parameter(logits.to(dtype))
         self.tau = 1.0
         self.noise_scale = 1.0
         self.generator: torch.Generator | None = None

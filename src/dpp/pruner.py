@@ -26,6 +26,7 @@ from .layers import (
 )
 from .masks import DPPMask, MaskSource
 from .modeltools import module_aliases, set_module
+from .optim import DPPAdam
 from .priors import CALIBRATED_PRIORS, HESSIAN_PRIORS, InputStats, calibrate, prior_scores
 from .quantization import QuantSpec
 
@@ -398,6 +399,49 @@ class Pruner:
         if not others:  # mask-only training (freeze_weights): the logits alone
             return [{**options, **logit_group}]
         return [{"params": others, **options}, logit_group]
+
+    def optimizer(
+        self,
+        *,
+        lr: float = 1e-3,
+        logit_lr: float | None = None,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        seed: int | None = None,
+    ) -> torch.optim.Optimizer:
+        """The recommended optimizer: AdamW on the weights, compact Adam on the logits.
+
+        One :class:`dpp.optim.DPPAdam` over :meth:`param_groups`: the trainable weights
+        (none after :meth:`freeze_weights`) get AdamW, the logits a bfloat16 first moment,
+        one float32 second moment per group of n candidates and, when stored in 16 bits
+        (``logit_dtype``), stochastic rounding; about 3 bytes of state per logit at 2:4
+        instead of AdamW's 8. Its ``state_dict`` holds the rounding stream, so resuming is
+        exact. Build it after :func:`prune` (and after :meth:`freeze_weights`).
+
+        Args:
+            lr: learning rate of the weights (and of the logits without ``logit_lr``).
+            logit_lr: learning rate of the logits.
+            weight_decay: decoupled weight decay of the weights (the logits get none).
+            betas: Adam's ``(beta1, beta2)``, both groups.
+            eps: Adam's epsilon, both groups.
+            seed: seed of the stochastic rounding (default: from torch's global RNG).
+
+        Returns:
+            A ``torch.optim.Optimizer`` whose last parameter group holds the logits
+            (``compact=True``).
+
+        Example:
+            >>> import torch, dpp
+            >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+            >>> pruner = dpp.prune(model, granularity="block", block_size=4, k=2)
+            >>> opt = pruner.optimizer(lr=1e-3, logit_lr=1e-2)
+            >>> [(len(g["params"]), g["compact"]) for g in opt.param_groups]
+            [(4, False), (2, True)]
+        """
+        groups = self.param_groups(lr=lr, logit_lr=logit_lr, weight_decay=weight_decay)
+        groups[-1]["compact"] = True
+        return DPPAdam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, seed=seed)
 
     def freeze_weights(self) -> int:
         """Mask-only training (the MaskLLM regime): only the logits keep learning.
@@ -909,6 +953,7 @@ def prune(
                 init_std=cfg.logit_init_std,
                 init_logits=_initial_logits(cfg, name, layout, module, stats.get(name)),
                 device=module.weight.device,
+                dtype=getattr(torch, cfg.logit_dtype),
             )
         new = wrap(
             module, layout=layout, source=source, quant=s.quant, activation_bits=s.activation_bits

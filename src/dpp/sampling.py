@@ -253,6 +253,37 @@ def _ranks_of_held(held: Tensor, n: int) -> Tensor:
     return ranks.scatter_(-1, held, order).t().contiguous()
 
 
+def _rank_bits(k: int) -> int:
+    """Bits per candidate of a packed rank ``min(rank, k)``: 1, 2 or 4 (k < n <= 16)."""
+    return 1 if k <= 1 else 2 if k <= 3 else 4
+
+
+def _pack_ranks(ranks: Tensor, k: int) -> Tensor:
+    """``[n, G]`` uint8 ranks as ``min(rank, k)`` packed ``8 // bits`` to a byte,
+    ``[ceil(n * bits / 8), G]`` uint8 (the backward tells only ranks below k apart)."""
+    n, groups = ranks.shape
+    bits = _rank_bits(k)
+    per = 8 // bits
+    packed = torch.zeros(((n + per - 1) // per, groups), dtype=torch.uint8, device=ranks.device)
+    for j in range(n):
+        r = ranks[j].clamp(max=k)
+        if j % per:
+            r.bitwise_left_shift_(bits * (j % per))
+        packed[j // per].bitwise_or_(r)
+    return packed
+
+
+def _unpack_ranks(packed: Tensor, n: int, k: int) -> Tensor:
+    """The ``[n, G]`` uint8 ``min(rank, k)`` of :func:`_pack_ranks`."""
+    bits = _rank_bits(k)
+    per = 8 // bits
+    ranks = torch.empty((n, packed.shape[1]), dtype=torch.uint8, device=packed.device)
+    for j in range(n):
+        torch.bitwise_right_shift(packed[j // per], bits * (j % per), out=ranks[j])
+        ranks[j].bitwise_and_((1 << bits) - 1)
+    return ranks
+
+
 def _small_pieces(
     zr: Tensor, ranks: Tensor, k: int, inv_tau: float, gr: Tensor | None, held: bool = False
 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor] | None, list[Tensor]]:
@@ -289,6 +320,31 @@ def _small_pieces(
     return u, one_hot[: k - 1], y, beta, g_top[: k - 1]
 
 
+def _generator_state(device: torch.device, generator: torch.Generator | None) -> Tensor | None:
+    """State of the generator the noise is about to be drawn from (``None``: not replayable)."""
+    if generator is not None:
+        return generator.get_state()
+    if device.type == "cpu":
+        return torch.default_generator.get_state()
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[index].get_state()
+    return None
+
+
+def _replay_scores(logits: Tensor, state: Tensor, noise_scale: float) -> Tensor:
+    """The ``[n, G]`` scores of a draw, from its logits and its generator's saved state:
+    the same noise, bit for bit, as :func:`gumbel_noise` drew in the forward pass."""
+    n = logits.shape[-1]
+    gen = torch.Generator(device=logits.device)
+    gen.set_state(state)
+    dtype = _compute_dtype(logits.dtype)
+    noise = gumbel_noise(logits.shape, device=logits.device, dtype=dtype, generator=gen)
+    flat = logits.detach().reshape(-1, n)
+    zr = torch.empty((n, flat.shape[0]), dtype=dtype, device=flat.device)
+    return torch.add(flat.t(), noise.reshape(-1, n).t(), alpha=noise_scale, out=zr)
+
+
 class _GumbelTopKSmall(torch.autograd.Function):
     """:class:`_GumbelTopK` for groups of at most ``SMALL_GROUP_MAX_N`` candidates.
 
@@ -308,6 +364,7 @@ class _GumbelTopKSmall(torch.autograd.Function):
         tau: float,
         hard: bool,
         held: Tensor | None,
+        replay: Tensor | None = None,
     ) -> Tensor:
         shape = logits.shape
         n = shape[-1]
@@ -318,8 +375,15 @@ class _GumbelTopKSmall(torch.autograd.Function):
         else:
             zr.copy_(flat.t())
         ranks = _pairwise_ranks(zr) if held is None else _ranks_of_held(held.reshape(-1, k), n)
-        ctx.save_for_backward(zr, ranks)
         ctx.k, ctx.tau, ctx.shape, ctx.held = k, tau, shape, held is not None
+        ctx.replay, ctx.noise_scale = replay, noise_scale
+        if replay is not None:
+            # The noise is drawn again in backward from the generator's saved state: only
+            # the logits (a parameter, no copy) and the packed ranks stay for backward
+            # (a quarter of a byte per candidate at 2:4).
+            ctx.save_for_backward(logits, _pack_ranks(ranks, k))
+        else:
+            ctx.save_for_backward(zr, _pack_ranks(ranks, k))
         if hard:
             mask = torch.lt(ranks, k).t()
             return mask.to(logits.dtype, memory_format=torch.contiguous_format).reshape(shape)
@@ -331,9 +395,11 @@ class _GumbelTopKSmall(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        zr, ranks = ctx.saved_tensors
+        saved, packed = ctx.saved_tensors
         k, inv_tau, shape = ctx.k, 1.0 / ctx.tau, ctx.shape
         n = shape[-1]
+        ranks = _unpack_ranks(packed, n, k)
+        zr = saved if ctx.replay is None else _replay_scores(saved, ctx.replay, ctx.noise_scale)
         gr = grad.reshape(-1, n).t().to(zr.dtype, memory_format=torch.contiguous_format, copy=True)
         u, one_hot, y, beta, g_top = _small_pieces(zr, ranks, k, inv_tau, gr, ctx.held)
         assert beta is not None
@@ -345,7 +411,7 @@ class _GumbelTopKSmall(torch.autograd.Function):
             k_m = y[m] * (g_top[m] - beta[m]) - y_k * (g_top[m] - beta_k)
             out_r.addcmul_(e, k_m.mul_(inv_tau))
         out = out_r.t().to(grad.dtype, memory_format=torch.contiguous_format)
-        return out.reshape(shape), None, None, None, None, None, None
+        return out.reshape(shape), None, None, None, None, None, None, None
 
 
 def _apply(
@@ -356,9 +422,11 @@ def _apply(
     tau: float,
     hard: bool,
     held: Tensor | None,
+    replay: Tensor | None = None,
 ) -> Tensor:
-    fn = _GumbelTopKSmall if logits.shape[-1] <= SMALL_GROUP_MAX_N else _GumbelTopK
-    return fn.apply(logits, noise, noise_scale, k, tau, hard, held)
+    if logits.shape[-1] <= SMALL_GROUP_MAX_N:
+        return _GumbelTopKSmall.apply(logits, noise, noise_scale, k, tau, hard, held, replay)
+    return _GumbelTopK.apply(logits, noise, noise_scale, k, tau, hard, held)
 
 
 def relaxed_topk(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
@@ -440,15 +508,19 @@ def gumbel_topk(
     _check_args(logits.shape[-1], k, tau)
     if not noise_scale >= 0:
         raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
-    noise = None
+    noise = replay = None
     if noise_scale > 0:
+        small = logits.shape[-1] <= SMALL_GROUP_MAX_N
+        if hard and small and logits.requires_grad and not torch.compiler.is_compiling():
+            # Small groups keep no float32 scores for backward: it draws the noise again.
+            replay = _generator_state(logits.device, generator)
         noise = gumbel_noise(
             logits.shape,
             device=logits.device,
             dtype=_compute_dtype(logits.dtype),
             generator=generator,
         )
-    return _apply(logits, noise, float(noise_scale), k, float(tau), bool(hard), None)
+    return _apply(logits, noise, float(noise_scale), k, float(tau), bool(hard), None, replay)
 
 
 def gumbel_topk_held(

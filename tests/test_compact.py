@@ -1,0 +1,177 @@
+"""Tests of DPP's compact training state (issue 20): 16-bit logits, the sampler's saved
+tensors, the masked-weight Function."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import dpp
+from dpp.layers import _MaskedWeight, _pack_mask, _unpack_mask
+from dpp.sampling import _pack_ranks, _unpack_ranks, relaxed_topk_reference
+from test_sampling import plackett_luce_inclusion, tolerance
+
+DRAWS = 200_000
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_logit_dtype_round_trips(dtype):
+    """logit_dtype survives DPPConfig to_dict/from_dict and JSON, sets the logits' dtype,
+    and a state dict keeps it when loaded into a model pruned with the same config."""
+    cfg = dpp.DPPConfig(granularity="block", block_size=4, k=2, logit_dtype=dtype)
+    assert dpp.DPPConfig.from_dict(cfg.to_dict()) == cfg
+    assert dpp.DPPConfig.from_json(cfg.to_json()).logit_dtype == dtype
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    pruner = dpp.prune(model, cfg)
+    assert pruner.logits()[0].dtype == getattr(torch, dtype)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "pruner": pruner.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    torch.manual_seed(1)
+    model2 = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    pruner2 = dpp.prune(model2, dpp.DPPConfig.from_dict(saved["pruner"]["config"]))
+    model2.load_state_dict(saved["model"])
+    pruner2.load_state_dict(saved["pruner"])
+    assert torch.equal(pruner2.logits()[0], pruner.logits()[0])
+    assert pruner2.logits()[0].dtype == getattr(torch, dtype)
+
+
+def test_logit_dtype_default_and_validation():
+    """The default stays float32 (old configs load unchanged); an unknown dtype is refused."""
+    assert dpp.DPPConfig().logit_dtype == "float32"
+    old = dpp.DPPConfig(k=2).to_dict()
+    del old["logit_dtype"]
+    assert dpp.DPPConfig.from_dict(old).logit_dtype == "float32"
+    with pytest.raises(ValueError, match="logit_dtype"):
+        dpp.DPPConfig(logit_dtype="int8")
+
+
+@pytest.mark.parametrize("n,k", [(4, 2), (4, 1), (5, 3), (8, 2), (16, 7), (16, 15)])
+def test_rank_packing_round_trips(n, k):
+    """Packed ranks unpack to min(rank, k): all the backward tells apart."""
+    ranks = torch.stack([torch.randperm(n) for _ in range(50)], 1).to(torch.uint8)
+    assert torch.equal(_unpack_ranks(_pack_ranks(ranks, k), n, k), ranks.clamp(max=k))
+
+
+@pytest.mark.parametrize("logit_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k", [(4, 2), (5, 2), (8, 3)])
+def test_replayed_noise_gradient_matches_reference(logit_dtype, n, k):
+    """A fresh draw of small groups, whose backward draws its noise again from the saved
+    generator state, gives the gradient of relaxed_topk_reference on the forward's scores."""
+    torch.manual_seed(0)
+    logits = torch.randn(64, n).to(logit_dtype).requires_grad_()
+    gen = torch.Generator().manual_seed(5)
+    noise = dpp.sampling.gumbel_noise(logits.shape, generator=torch.Generator().manual_seed(5))
+    mask = dpp.gumbel_topk(logits, k, tau=0.7, noise_scale=0.3, generator=gen)
+    g = torch.randn(64, n)
+    (grad,) = torch.autograd.grad(mask, logits, g.to(mask.dtype))
+    assert grad.dtype == logit_dtype
+    z = (logits.detach().double() + 0.3 * noise.double()).requires_grad_()
+    ref = relaxed_topk_reference(z, k, tau=0.7)
+    (ref_grad,) = torch.autograd.grad(ref, z, g.to(mask.dtype).double())
+    assert torch.equal(
+        mask, torch.zeros_like(ref).scatter_(-1, z.topk(k).indices, 1.0).to(mask.dtype)
+    )
+    atol = 1e-5 if logit_dtype == torch.float32 else 2e-2
+    assert torch.allclose(grad.double(), ref_grad, atol=atol, rtol=1e-2 if atol > 1e-4 else 1e-4)
+
+
+def test_replayed_noise_gradient_equals_saved_noise_gradient():
+    """The replayed-noise backward is bit-identical to the backward from saved scores."""
+    torch.manual_seed(0)
+    logits = torch.randn(256, 4, requires_grad=True)
+    noise = dpp.sampling.gumbel_noise(logits.shape, generator=torch.Generator().manual_seed(2))
+    g = torch.randn(256, 4)
+    mask = dpp.gumbel_topk(
+        logits, 2, tau=0.5, noise_scale=0.3, generator=torch.Generator().manual_seed(2)
+    )
+    (replayed,) = torch.autograd.grad(mask, logits, g)
+    held = dpp.sampling._apply(logits, noise, 0.3, 2, 0.5, True, None)  # noise given: z saved
+    (saved,) = torch.autograd.grad(held, logits, g)
+    assert torch.equal(mask, held) and torch.equal(replayed, saved)
+
+
+def test_replay_uses_global_rng_state():
+    """Without a generator the draw replays torch's global RNG state and leaves it where a
+    draw leaves it (the backward does not advance it)."""
+    logits = torch.randn(32, 4, requires_grad=True)
+    torch.manual_seed(7)
+    mask = dpp.gumbel_topk(logits, 2, noise_scale=1.0)
+    after_forward = torch.get_rng_state()
+    mask.mul(torch.randn(32, 4)).sum().backward()
+    torch.manual_seed(7)
+    dpp.gumbel_topk(logits.detach(), 2, noise_scale=1.0)
+    assert torch.equal(after_forward, torch.get_rng_state())
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("logit_dtype", [torch.bfloat16, torch.float16])
+def test_inclusion_exact_with_16bit_logits(logit_dtype):
+    """With 16-bit logits (and a gradient asked for) every candidate is kept with the exact
+    Plackett-Luce inclusion probability of the stored logits."""
+    logits = torch.tensor([1.2, 0.3, -0.4, 0.8]).to(logit_dtype)
+    exact = plackett_luce_inclusion(logits.double(), 2)
+    rows = logits.expand(DRAWS, -1).clone().requires_grad_()
+    draws = dpp.gumbel_topk(rows, 2, noise_scale=1.0, generator=torch.Generator().manual_seed(3))
+    freq = draws.double().mean(0)
+    assert torch.all((freq - exact).abs() <= tolerance(exact, DRAWS)), (freq, exact)
+
+
+@pytest.mark.parametrize(
+    "shape,mask_shape,group_shape",
+    [((6, 8), (6, 8), (12, 4)), ((6, 8), (6, 1), (1, 6)), ((4, 3, 3, 3), (4, 3, 1, 1), (4, 3))],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_weight_function_matches_plain_product(shape, mask_shape, group_shape, dtype):
+    """_MaskedWeight gives weight * expand(mask) cast to dtype, and the same gradients as
+    the plain product (weight and mask), for block, filter and kernel layouts."""
+    torch.manual_seed(0)
+    w = torch.randn(shape, requires_grad=True)
+    mask = (torch.rand(group_shape) > 0.5).float().requires_grad_()
+    out = _MaskedWeight.apply(w, mask, mask_shape, dtype)
+    w2 = w.detach().clone().requires_grad_()
+    m2 = mask.detach().clone().requires_grad_()
+    ref = (w2 * m2.reshape(mask_shape)).to(dtype)
+    assert out.dtype == dtype and torch.equal(out, ref)
+    g = torch.randn(shape).to(dtype)
+    got = torch.autograd.grad(out, (w, mask), g)
+    want = torch.autograd.grad(ref, (w2, m2), g)
+    assert torch.equal(got[0], want[0])
+    assert torch.allclose(got[1], want[1], atol=1e-5)
+
+
+def test_mask_packing_round_trips():
+    """Bit-packed masks (n <= 8) and bool masks (n > 8) unpack to the same 0/1 mask."""
+    for n in (1, 4, 8, 9):
+        mask = (torch.rand(10, n) > 0.5).float()
+        assert torch.equal(_unpack_mask(_pack_mask(mask), n).float(), mask)
+
+
+def test_autocast_layer_matches_plain_product():
+    """A pruned Linear under bf16 autocast computes what the plain masked product computes,
+    with the same weight and logit gradients."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    pruner = dpp.prune(model, granularity="block", block_size=4, k=2, noise_scale=0.5)
+    layer = model[0]
+    x = torch.randn(5, 16)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+    y.float().square().sum().backward()
+    got = (y.detach().clone(), layer.weight.grad.clone(), layer.dpp.logits.grad.clone())
+    layer.weight.grad = layer.dpp.logits.grad = None
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mask = layer.dpp(layer.weight)
+        w = layer.weight * layer.dpp_layout.expand(mask)
+        y2 = torch.nn.functional.linear(x, w, layer.bias)
+    y2.float().square().sum().backward()
+    assert torch.equal(got[0], y2.detach())
+    assert torch.equal(got[1], layer.weight.grad)
+    assert torch.allclose(got[2], layer.dpp.logits.grad, atol=1e-6)
+    assert pruner.logits()[0] is layer.dpp.logits
