@@ -175,3 +175,45 @@ def test_autocast_layer_matches_plain_product():
     assert torch.equal(got[1], layer.weight.grad)
     assert torch.allclose(got[2], layer.dpp.logits.grad, atol=1e-6)
     assert pruner.logits()[0] is layer.dpp.logits
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_masked_linear_mask_only_matches_plain_product(autocast):
+    """With the weights frozen (mask-only), a pruned Linear gives the plain masked product's
+    output, and its input and logit gradients (to float32 round-off; to bfloat16 round-off
+    under autocast), and q/k/v-style layers reading one input save one copy of it."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleList([torch.nn.Linear(16, 8) for _ in range(3)])
+    pruner = dpp.prune(model, granularity="block", block_size=4, k=2, noise_scale=0.5)
+    pruner.freeze_weights()
+    x = torch.randn(5, 16, requires_grad=True)
+    saved: list[torch.Tensor] = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    torch.manual_seed(1)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+    with ctx, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ys = [layer(x) for layer in model]
+    sum(y.float().square().sum() for y in ys).backward()
+    got = [x.grad.clone()] + [layer.dpp.logits.grad.clone() for layer in model]
+    inputs = {t.untyped_storage().data_ptr() for t in saved if t.shape == (5, 16)}
+    assert len(inputs) == 1  # one (cast) input saved for the three layers
+    x.grad = None
+    for layer in model:
+        layer.dpp.logits.grad = None
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ys2 = []
+        for layer in model:
+            w = layer.weight * layer.dpp_layout.expand(layer.dpp(layer.weight))
+            ys2.append(torch.nn.functional.linear(x, w, layer.bias))
+    sum(y.float().square().sum() for y in ys2).backward()
+    want = [x.grad] + [layer.dpp.logits.grad for layer in model]
+    for y, y2 in zip(ys, ys2, strict=True):
+        assert torch.equal(y, y2)
+    tol = {"atol": 2e-2, "rtol": 1e-2} if autocast else {"atol": 1e-5, "rtol": 1e-4}
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, **tol)
