@@ -21,12 +21,13 @@ Variants (each in a fresh subprocess, so that one variant's peak is its own):
   the logits, AdamW on the weights);
 - ``dpp-mask-compact`` / ``dpp-joint-compact``: ``+bf16+opt``.
 
-Every child process builds the model, records its resident set (``VmRSS``) after loading,
-resets the peak (``/proc/self/clear_refs``), runs one warm-up step, one instrumented step
-and ``--steps`` timed steps, and reports:
+Every child process builds the model, records its resident set (``VmRSS``) after loading
+and before pruning, resets the peak (``/proc/self/clear_refs``), prunes, runs one warm-up
+step, one instrumented step and ``--steps`` timed steps, and reports:
 
-- the peak RSS over the training steps (``VmHWM`` after the reset) and its delta over the
-  post-load RSS, plus ``ru_maxrss`` of the whole process (model loading included);
+- the peak RSS after loading (``VmHWM`` after the reset: pruning and the training steps)
+  and its delta over the post-load RSS, plus ``ru_maxrss`` of the whole process (model
+  loading included: the GGUF's dequantisation peaks higher than a dense frozen step);
 - exact bytes by tensor class, from the tensors: logits, logit grads, weight grads,
   optimizer state (logits / weights), and the tensors saved for backward
   (``torch.autograd.graph.saved_tensors_hooks``: distinct storages packed during the
@@ -35,7 +36,8 @@ and ``--steps`` timed steps, and reports:
 - the median step time of the timed steps.
 
 The parent prints a table, the bytes per pruned weight of each DPP variant over its dense
-floor (mask-only over ``dense-frozen``, joint over ``dense-ft``) and a projection to Llama
+floor (peak RSS minus the floor's peak RSS, over the pruned weights; mask-only over
+``dense-frozen``, joint over ``dense-ft``) and a projection to Llama
 1B/7B/70B shapes. ``--interleave A,B`` instead times two variants in one process in
 interleaved rounds (the step ratio; medians).
 
@@ -281,16 +283,17 @@ def child(args) -> dict:
     torch.set_flush_denormal(True)
     device, dtype = args.device, torch.bfloat16
     model, ids = build_model(args.workload, args.quick, device)
-    pruner, optimizer = setup(args.variant, model)
-    step = make_step(model, ids, pruner, optimizer, device, dtype)
-    logits = [] if pruner is None else pruner.logits()
-    logit_ids = {id(p) for p in logits}
-    pruned = 0 if pruner is None else sum(p.numel() for p in logits)  # n logits per n weights
+    # The baseline: the loaded model, before pruning (the logits count as DPP's).
     base_rss = _status("VmRSS")
     reset_ok = reset_peak()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
+    pruner, optimizer = setup(args.variant, model)
+    step = make_step(model, ids, pruner, optimizer, device, dtype)
+    logits = [] if pruner is None else pruner.logits()
+    logit_ids = {id(p) for p in logits}
+    pruned = 0 if pruner is None else sum(p.numel() for p in logits)  # n logits per n weights
     step()  # warm-up: the optimizer state is created here
     tracker = SavedTracker(model)
     grads: dict[str, int] = {}
@@ -355,7 +358,14 @@ def run_child(variant: str, args) -> dict:
         "--device",
         args.device,
     ] + (["--quick"] if args.quick else [])
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+    env = dict(os.environ)
+    if args.mmap_threshold:
+        # glibc keeps freed heap chunks below its dynamic mmap threshold (which grows up to
+        # 32 MB) in the process, so RSS would keep what a step freed; a fixed threshold
+        # maps every larger block on its own and unmaps it when freed: RSS follows the
+        # live tensors, for every variant alike.
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, env=env)
     if res.returncode != 0:
         sys.stderr.write(res.stderr[-3000:])
         raise SystemExit(f"variant {variant} failed")
@@ -387,6 +397,7 @@ def report(results: dict[str, dict], args) -> str:
         f"workload {args.workload}{' (quick)' if args.quick else ''}: {r0['weights']:,} "
         f"weights, {pruned:,} pruned (2:4); device {args.device}; {args.threads} threads; "
         f"{cpu_name()} ({os.cpu_count()} logical CPUs); torch {torch.__version__}; "
+        f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold or 'default'}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     lines.append("")
@@ -397,8 +408,9 @@ def report(results: dict[str, dict], args) -> str:
     for v, r in results.items():
         over = ""
         floor = results.get(floor_of(v))
-        if v.startswith("dpp") and floor and r["peak_delta"] is not None:
-            over = f"{(r['peak_delta'] - floor['peak_delta']) / r['pruned_weights']:.1f}"
+        if v.startswith("dpp") and floor:
+            # Same model, same loading code: the peaks differ by what the variant adds.
+            over = f"{(r['peak_rss'] - floor['peak_rss']) / r['pruned_weights']:.1f}"
         cells = [
             v,
             f"{r['peak_rss'] / GB:.2f}",
@@ -511,6 +523,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of --interleave")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=65536,
+        help="MALLOC_MMAP_THRESHOLD_ of the child processes (0: glibc's default)",
+    )
     parser.add_argument("--interleave", default=None, help="A,B: step ratio in one process")
     parser.add_argument("--profile", default=None, help="VARIANT: operator table of a step")
     parser.add_argument("--json", default=None, help="also write the raw results here")
