@@ -326,3 +326,20 @@ def test_shipped_lm_grids_are_valid(path):
     runs = grid_runs(path)
     assert runs and len({d for d, _ in runs}) == len(runs)
     assert all(d.is_relative_to(Path(str(runs[0][0]).split("/")[0])) for d, _ in runs)
+
+
+def test_settings_that_change_the_numbers_are_part_of_a_runs_identity():
+    """Windows, corpora, calibration and validation sizes, loss and bf16 change a run's
+    directory; where it runs and gradient checkpointing do not."""
+    base = MaskRunConfig(model="d", method="dpp-mask")
+    for change in (
+        {"seq": 64},
+        {"corpora": ("cpython-stdlib", "python-docs")},
+        {"calibration_batches": 2},
+        {"eval_windows": 8},
+        {"loss": "kd"},
+        {"bf16": True},
+    ):
+        assert replace(base, **change).run_name() != base.run_name(), change
+    for change in ({"device": "cuda"}, {"grad_checkpointing": True}):
+        assert replace(base, **change).run_name() == base.run_name(), change

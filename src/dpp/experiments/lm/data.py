@@ -31,6 +31,9 @@ DEFAULT_SEQ = 512
 DEFAULT_EVAL_WINDOWS = 32
 DEFAULT_CALIBRATION_BATCHES = 16
 CALIBRATION_SEED = 1_000_003
+CALIBRATION_BATCH = 4
+"""Windows per calibration batch (a fixed number: a run's calibration text does not depend
+on its training batch)."""
 
 
 @dataclass
@@ -111,8 +114,8 @@ def load_data(
 
     Zero / empty arguments take the defaults: the byte-level model's from its pretraining
     config (window, validation and calibration sizes, data directory), otherwise windows of
-    512 tokens, 32 validation windows per corpus, 16 calibration batches of ``batch`` windows
-    and ``runs/lm/data``.
+    512 tokens, 32 validation windows per corpus, 16 calibration batches of 4 windows and
+    ``runs/lm/data``.
     """
     pcfg = byte_level_config(model_path)
     names = tuple(corpora)
@@ -136,7 +139,7 @@ def load_data(
         seq = seq or DEFAULT_SEQ
         windows = eval_windows or DEFAULT_EVAL_WINDOWS
         n_calib = calibration_batches or DEFAULT_CALIBRATION_BATCHES
-        calib_batch, calib_seed = batch, CALIBRATION_SEED
+        calib_batch, calib_seed = CALIBRATION_BATCH, CALIBRATION_SEED
         root = Path(data_dir or DEFAULT_DATA_DIR)
         prepared = [prepare_tokens(name, root, loaded, root=where) for name, where in specs]
     corpora_list = prepared

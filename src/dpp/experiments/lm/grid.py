@@ -133,7 +133,7 @@ def _setting(cfg: MaskRunConfig) -> str:
     shown = {
         key: value
         for key, value in cfg.settings().items()
-        if key not in ("batch", "seq", "corpora", "bf16", "calibration_batches")
+        if key not in ("batch", "seq", "corpora", "bf16", "calibration_batches", "eval_windows")
         and (key == "lr" or getattr(default, key) != value)
     }
     return ", ".join(
@@ -149,6 +149,8 @@ def run_command(cfg: MaskRunConfig, output_dir: str | Path = "results/lm") -> st
     default = MaskRunConfig(model=cfg.model, method=cfg.method)
     parts = [f"dpp lm run --model {cfg.model} --method {cfg.method}", f"--pattern {cfg.k}:{cfg.m}"]
     skip = {"model", "method", "k", "m", "seed"}
+    if not cfg.trains:  # what only training uses
+        skip |= {"steps", "batch", "lr", "loss", "bf16", "grad_checkpointing", "checkpoint_every"}
     for f in dataclasses.fields(MaskRunConfig):
         key, value = f.name, getattr(cfg, f.name)
         if key in skip or value == getattr(default, key):

@@ -82,6 +82,7 @@ _SHORT = {
     "optimizer": "opt",
     "corpora": "data",
     "calibration_batches": "calib",
+    "eval_windows": "evalw",
 }
 """Short names of the settings in run directory names."""
 
@@ -236,7 +237,7 @@ class MaskRunConfig:
         if self.optimizer != "adamw" and (self.method.startswith("dpp") or self.trains):
             keys.append("optimizer")
         defaults = _DEFAULTS
-        for key in ("seq", "corpora", "calibration_batches"):
+        for key in ("seq", "corpora", "calibration_batches", "eval_windows"):
             if getattr(self, key) != defaults[key]:
                 keys.append(key)
         if self.trains:
