@@ -133,18 +133,21 @@ def canonical_weight(module: nn.Module) -> Tensor:
 def _pack_mask(mask: Tensor) -> Tensor:
     """A 0/1 ``[groups, n]`` mask as bits: ``[groups]`` uint8 for ``n <= 8``, else bool."""
     n = mask.shape[-1]
+    bits = mask.ne(0)
     if n > 8:
-        return mask.ne(0)
-    weights = torch.tensor([1 << j for j in range(n)], dtype=torch.uint8, device=mask.device)
-    return mask.ne(0).to(torch.uint8).mul_(weights).sum(-1, dtype=torch.uint8)
+        return bits
+    bits = bits.to(torch.uint8)
+    packed = bits[..., 0].clone()
+    for j in range(1, n):  # scalar shifts only: works on DTensors (FSDP2) as well
+        packed.bitwise_or_(bits[..., j].bitwise_left_shift(j))
+    return packed
 
 
 def _unpack_mask(packed: Tensor, n: int) -> Tensor:
     """The ``[groups, n]`` 0/1 uint8 (or bool) mask of :func:`_pack_mask`."""
     if packed.dtype == torch.bool:
         return packed
-    shifts = torch.arange(n, dtype=torch.uint8, device=packed.device)
-    return packed.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and_(1)
+    return torch.stack([packed.bitwise_right_shift(j).bitwise_and_(1) for j in range(n)], -1)
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -326,7 +329,7 @@ class DPPLayer:
         kept = None
         if group_mask is not None:
             assert self.dpp_layout is not None and self.dpp is not None
-            if self.dpp_quant is None and _binary_mask_source(self.dpp):
+            if self.dpp_quant is None and torch.is_grad_enabled() and _binary_mask_source(self.dpp):
                 dtype = w.dtype
                 if w.dtype == torch.float32 and torch.is_autocast_enabled(w.device.type):
                     dtype = torch.get_autocast_dtype(w.device.type)
@@ -359,6 +362,7 @@ class DPPLayer:
             or lay is None
             or self.dpp_quant is not None
             or dtype is None
+            or not torch.is_grad_enabled()
             or not x.is_floating_point()
             or not _binary_mask_source(source)
         ):
