@@ -445,8 +445,9 @@ def _train(
     pruner: dpp.Pruner | None,
     data: LMData,
     teacher: nn.Module | None,
-) -> tuple[list[dict[str, Any]], float]:
-    """The training loop, resumable: ``(curve, seconds per step)``."""
+) -> tuple[list[dict[str, Any]], float, float]:
+    """The training loop, resumable: ``(curve, seconds per step, training seconds of the
+    earlier processes it resumed)``."""
     from tqdm.auto import tqdm
 
     optimizer = _optimizer(cfg, model, pruner)
@@ -511,7 +512,7 @@ def _train(
             _save_state(ckpt, model, optimizer, pruner, state)
     bar.close()
     total = train_seconds + time.perf_counter() - t0
-    return curve, total / max(cfg.steps, 1)
+    return curve, total / max(cfg.steps, 1), train_seconds
 
 
 def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -624,9 +625,9 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     pruner = _setup(cfg, model, [batch.to(cfg.device) for batch in data.calibration])
     curve: list[dict[str, Any]] = []
-    step_seconds = 0.0
+    step_seconds = earlier = 0.0
     if cfg.trains:
-        curve, step_seconds = _train(cfg, out, model, pruner, data, teacher)
+        curve, step_seconds, earlier = _train(cfg, out, model, pruner, data, teacher)
     del teacher
     val = evaluate_corpora(model, data)
     tune = evaluate_corpora(model, data, "tune")
@@ -646,7 +647,7 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
         "corpora": data.manifests,
         "tokens": cfg.steps * cfg.batch * data.seq if cfg.trains else 0,
         "seq": data.seq,
-        "seconds": time.perf_counter() - started,
+        "seconds": time.perf_counter() - started + earlier,
         "seconds_per_step": step_seconds,
         "pruned_layers": pruned_layers,
         **summarize(val),
