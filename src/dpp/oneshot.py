@@ -65,7 +65,7 @@ from .priors import (
     wanda_scores,
     watch_inputs,
 )
-from .pruner import _candidates, _check_untied, _dense_by_default, _nothing_selected
+from .pruner import _check_untied, select_layers
 
 __all__ = ["ONESHOT_METHODS", "OneShotResult", "oneshot"]
 
@@ -394,24 +394,8 @@ def _select(
 ) -> tuple[dict[str, nn.Module], dict[str, GroupLayout]]:
     """The layers ``dpp.prune`` would select with ``cfg`` (the output head dense unless
     included), and their layouts; errors name the pattern or layer."""
-    candidates, unsupported = _candidates(model)
-    if not candidates:
-        raise ValueError(
-            f"{type(model).__name__} has no layer dpp.oneshot can prune: it prunes nn.Linear, "
-            "nn.Conv1d/2d/3d, transformers' Conv1D and their subclasses"
-        )
-    names = [n for n, _ in candidates]
-    unmatched = cfg.unmatched_patterns(names + list(unsupported))
-    if unmatched:
-        listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-        raise ValueError(
-            f"pattern(s) matching no prunable layer: {unmatched}. Patterns are globs on module "
-            f"names as model.named_modules() prints them; the prunable layers are: {listed}"
-        )
-    kept_dense = _dense_by_default(model, names, cfg)
-    selected = {n: m for n, m in candidates if cfg.selects(n) and n not in kept_dense}
-    if not selected:
-        raise ValueError(_nothing_selected(model, names, unsupported, cfg, kept_dense))
+    _, _, _, chosen = select_layers(model, cfg)
+    selected = dict(chosen)
     _check_untied(model, [(n, m, cfg.settings_for(n)) for n, m in selected.items()])
     layouts = {
         name: GroupLayout.for_weight(

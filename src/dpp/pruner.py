@@ -774,6 +774,39 @@ def _check_untied(model: nn.Module, plans: list[tuple[str, nn.Module, LayerSetti
             )
 
 
+def select_layers(
+    model: nn.Module, cfg: DPPConfig
+) -> tuple[list[str], dict[str, str], dict[str, str], list[tuple[str, nn.Module]]]:
+    """The layers ``cfg`` selects in ``model``, as :func:`prune` and :func:`dpp.oneshot`
+    choose them: ``(prunable names, {name: why not} of the modules DPP cannot prune,
+    {name: why} of the prunable ones left dense by default, [(name, module)] selected)``.
+
+    Raises:
+        ValueError: no prunable layer, a pattern matching none, or nothing selected.
+    """
+    candidates, unsupported = _candidates(model)
+    if not candidates:
+        detail = f":\n{_named(unsupported, model)}" if unsupported else ""
+        raise ValueError(
+            f"{type(model).__name__} has no layer DPP can prune: it prunes nn.Linear, "
+            "nn.Conv1d/2d/3d, transformers' Conv1D and their subclasses that keep the parent's "
+            f"forward{detail}"
+        )
+    names = [n for n, _ in candidates]
+    unmatched = cfg.unmatched_patterns(names + list(unsupported))
+    if unmatched:
+        listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        raise ValueError(
+            f"pattern(s) matching no prunable layer: {unmatched}. Patterns are globs on module "
+            f"names as model.named_modules() prints them; the prunable layers are: {listed}"
+        )
+    kept_dense = _dense_by_default(model, names, cfg)
+    selected = [(n, m) for n, m in candidates if cfg.selects(n) and n not in kept_dense]
+    if not selected:
+        raise ValueError(_nothing_selected(model, names, unsupported, cfg, kept_dense))
+    return names, unsupported, kept_dense, selected
+
+
 MaskSourceFactory = Callable[[str, nn.Module, GroupLayout], MaskSource]
 
 
@@ -867,27 +900,8 @@ def prune(
         if options:
             cfg = cfg.replace(**options)
 
-    candidates, unsupported = _candidates(model)
-    if not candidates:
-        detail = f":\n{_named(unsupported, model)}" if unsupported else ""
-        raise ValueError(
-            f"{type(model).__name__} has no layer DPP can prune: it prunes nn.Linear, "
-            "nn.Conv1d/2d/3d, transformers' Conv1D and their subclasses that keep the parent's "
-            f"forward{detail}"
-        )
-    names = [n for n, _ in candidates]
-    unmatched = cfg.unmatched_patterns(names + list(unsupported))
-    if unmatched:
-        listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-        raise ValueError(
-            f"pattern(s) matching no prunable layer: {unmatched}. Patterns are globs on module "
-            f"names as model.named_modules() prints them; the prunable layers are: {listed}"
-        )
-    kept_dense = _dense_by_default(model, names, cfg)
-    selected = [(n, m) for n, m in candidates if cfg.selects(n) and n not in kept_dense]
+    names, unsupported, kept_dense, selected = select_layers(model, cfg)
     excluded = {n for n in names if not cfg.selects(n) or n in kept_dense}
-    if not selected:
-        raise ValueError(_nothing_selected(model, names, unsupported, cfg, kept_dense))
     for pattern in cfg.overrides:
         hits = [n for n in names if n not in excluded and matches_pattern(n, pattern)]
         if not hits and not any(matches_pattern(n, pattern) for n in names):

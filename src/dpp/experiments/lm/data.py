@@ -142,17 +142,16 @@ def load_data(
         calib_batch, calib_seed = CALIBRATION_BATCH, CALIBRATION_SEED
         root = Path(data_dir or DEFAULT_DATA_DIR)
         prepared = [prepare_tokens(name, root, loaded, root=where) for name, where in specs]
-    corpora_list = prepared
     val = {}
     tune = {}
-    for name, corpus in zip(keys, corpora_list, strict=True):
+    for name, corpus in zip(keys, prepared, strict=True):
         val[name] = val_windows(corpus.val, seq=seq, windows=windows)
         tune[name] = val_windows(corpus.val, seq=seq, windows=windows, offset=len(val[name]))
     calibration = [
-        mixed_batch(corpora_list, step=i, seed=calib_seed, batch=calib_batch, seq=seq)
+        mixed_batch(prepared, step=i, seed=calib_seed, batch=calib_batch, seq=seq)
         for i in range(n_calib)
     ]
     manifests = {
-        name: _short_manifest(c.manifest) for name, c in zip(keys, corpora_list, strict=True)
+        name: _short_manifest(c.manifest) for name, c in zip(keys, prepared, strict=True)
     }
-    return LMData(seq, corpora_list, val, tune, calibration, manifests, root)
+    return LMData(seq, prepared, val, tune, calibration, manifests, root)
