@@ -151,7 +151,5 @@ def load_data(
         mixed_batch(prepared, step=i, seed=calib_seed, batch=calib_batch, seq=seq)
         for i in range(n_calib)
     ]
-    manifests = {
-        name: _short_manifest(c.manifest) for name, c in zip(keys, prepared, strict=True)
-    }
+    manifests = {name: _short_manifest(c.manifest) for name, c in zip(keys, prepared, strict=True)}
     return LMData(seq, prepared, val, tune, calibration, manifests, root)
