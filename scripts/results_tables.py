@@ -13,11 +13,15 @@ Reads ``results/<grid>/<run>/summary.json`` (written by ``dpp compare``; the run
 Usage:
     python scripts/results_tables.py [TABLE ...]
     python scripts/results_tables.py --update-docs   # rewrite the table blocks of the docs
+
+``--update-docs`` also rewrites the blocks of ``dpp lm grid FILE --table-only [--every-run]``
+(the language-model grids of docs/llm.md) with that command's table.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import sys
@@ -291,20 +295,40 @@ TABLES = {
 }
 
 
-DOCS = (ROOT / "docs" / "results.md", ROOT / "docs" / "comparison.md", ROOT / "README.md")
+DOCS = (
+    ROOT / "docs" / "results.md",
+    ROOT / "docs" / "comparison.md",
+    ROOT / "docs" / "llm.md",
+    ROOT / "README.md",
+)
 BLOCK = re.compile(
     r"(<!-- python scripts/results_tables.py ([a-z-]+) -->\n)(.*?)(<!-- end of table -->)",
     flags=re.S,
 )
+LM_BLOCK = re.compile(
+    r"(<!-- dpp lm grid (\S+\.toml) --table-only( --every-run)? -->\n)(.*?)(<!-- end of table -->)",
+    flags=re.S,
+)
+
+
+def _lm_table(match: re.Match) -> str:
+    """A ``dpp lm grid FILE --table-only [--every-run]`` block, regenerated."""
+    from dpp.experiments.lm.grid import results_table, settings_table
+
+    grid = match.group(2)  # its output_dir is relative to the repository root (the cwd)
+    table = settings_table(grid) if match.group(3) else results_table(grid)
+    return match.group(1) + table + "\n" + match.group(5)
 
 
 def update_docs() -> None:
     """Regenerate every table block of the docs in place."""
+    os.chdir(ROOT)
     for doc in DOCS:
         if not doc.exists():
             continue
         text = doc.read_text()
         new = BLOCK.sub(lambda m: m.group(1) + TABLES[m.group(2)]() + "\n" + m.group(4), text)
+        new = LM_BLOCK.sub(_lm_table, new)
         if new != text:
             doc.write_text(new)
             print(f"updated {doc.relative_to(ROOT)}")
