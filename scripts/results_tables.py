@@ -320,6 +320,13 @@ def _lm_table(match: re.Match) -> str:
     return match.group(1) + table + "\n" + match.group(5)
 
 
+def refreshed(text: str) -> str:
+    """``text`` (a doc) with every table block regenerated from the committed results; run
+    from the repository root (the LM grids' output directories are relative to it)."""
+    text = BLOCK.sub(lambda m: m.group(1) + TABLES[m.group(2)]() + "\n" + m.group(4), text)
+    return LM_BLOCK.sub(_lm_table, text)
+
+
 def update_docs() -> None:
     """Regenerate every table block of the docs in place."""
     os.chdir(ROOT)
@@ -327,8 +334,7 @@ def update_docs() -> None:
         if not doc.exists():
             continue
         text = doc.read_text()
-        new = BLOCK.sub(lambda m: m.group(1) + TABLES[m.group(2)]() + "\n" + m.group(4), text)
-        new = LM_BLOCK.sub(_lm_table, new)
+        new = refreshed(text)
         if new != text:
             doc.write_text(new)
             print(f"updated {doc.relative_to(ROOT)}")

@@ -88,3 +88,15 @@ def test_results_tables_are_well_formed_markdown(name):
     assert len(lines) >= 3
     widths = {len(re.split(r"(?<!\\)\|", line)) for line in lines}
     assert len(widths) == 1
+
+
+@pytest.mark.skipif(not (ROOT / "results").is_dir(), reason="no committed results")
+def test_docs_tables_match_the_committed_results(monkeypatch):
+    """Every table block of the docs is what its command prints from the committed results."""
+    module = _results_tables()
+    monkeypatch.chdir(ROOT)
+    for doc in module.DOCS:
+        text = doc.read_text()
+        assert module.refreshed(text) == text, (
+            f"{doc.relative_to(ROOT)} is stale: python scripts/results_tables.py --update-docs"
+        )
