@@ -27,6 +27,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from dpp.experiments.lm.grid import results_table, settings_table
 from dpp.experiments.tables import format_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,8 +314,6 @@ LM_BLOCK = re.compile(
 
 def _lm_table(match: re.Match) -> str:
     """A ``dpp lm grid FILE --table-only [--every-run]`` block, regenerated."""
-    from dpp.experiments.lm.grid import results_table, settings_table
-
     grid = match.group(2)  # its output_dir is relative to the repository root (the cwd)
     table = settings_table(grid) if match.group(3) else results_table(grid)
     return match.group(1) + table + "\n" + match.group(5)
