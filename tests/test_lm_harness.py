@@ -194,3 +194,23 @@ def test_a_budget_smaller_than_one_step_is_a_one_line_error(tmp_path, setting, c
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "--tokens 31" in err and "32" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, setting, monkeypatch, native):
+    """bf16 autocast on a CPU without native bf16 warns with the run and the fix; with it, not."""
+    import warnings
+
+    from dpp.experiments.lm import methods
+
+    monkeypatch.setattr(methods, "cpu_has_native_bf16", lambda: native)
+    cfg = MaskRunConfig(method="dense", steps=1, bf16=True, **setting)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_method(cfg, tmp_path / "run")
+    slow = [w for w in caught if "without native bf16" in str(w.message)]
+    if native:
+        assert not slow
+    else:
+        assert len(slow) == 1 and issubclass(slow[0].category, RuntimeWarning)
+        assert cfg.label() in str(slow[0].message) and "drop --bf16" in str(slow[0].message)

@@ -43,6 +43,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,28 @@ def _autocast(cfg: MaskRunConfig, model: nn.Module):
     return torch.autocast(device, dtype=torch.bfloat16)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX, as oneDNN
+    reports it). Without it, bf16 matmuls are emulated and a bf16 autocast step can take
+    several times longer than a float32 one."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 either
+        return False
+
+
+def _warn_slow_bf16(cfg: MaskRunConfig, model: nn.Module) -> None:
+    """Warns when bf16 autocast is asked for on a CPU that has no native bf16."""
+    if cfg.bf16 and next(model.parameters()).device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            f"{cfg.label()}: bf16 autocast on a CPU without native bf16 (no AVX512-BF16 or "
+            "AMX): bf16 matmuls are emulated and a step may take several times longer than "
+            "in float32; drop --bf16 (bf16 = false in a grid file) on this machine",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _loss(cfg: MaskRunConfig, model: nn.Module, ids: torch.Tensor, teacher: nn.Module | None):
     """The training loss of one batch: next-token cross-entropy, or the KL divergence of the
     student's next-token distribution from the dense teacher's (mean over tokens)."""
@@ -457,6 +480,7 @@ def _train(
         if enable is None:
             raise ConfigError(f"grad_checkpointing: {type(model).__name__} does not support it")
         enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _warn_slow_bf16(cfg, model)
     model.train()
     warmup = max(1, cfg.steps // 20)
     ckpt = out / "checkpoint.pt"
