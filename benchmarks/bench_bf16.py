@@ -1,7 +1,7 @@
 """bf16 against float32 matrix products on this CPU: is ``--bf16`` worth it here?
 
-bf16 autocast is about 2x faster than float32 on a CPU with native bf16 (AVX512-BF16 or
-AMX) and several times slower on one without it, where oneDNN emulates bf16. This times
+bf16 autocast is faster than float32 on a CPU with native bf16 (AVX512-BF16 or AMX) and
+several times slower on one without it, where oneDNN emulates bf16. This times
 ``F.linear`` at the shapes of SmolLM2-135M's decoder projections (a batch of 4 x 512 tokens;
 hidden 576, key/value 192, MLP 1536), forward and the two products of its backward, in
 float32 and in bf16, in interleaved rounds, and prints the medians and their ratio beside

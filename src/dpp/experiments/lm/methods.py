@@ -378,11 +378,14 @@ def _optimizer(cfg: MaskRunConfig, model: nn.Module, pruner: dpp.Pruner | None):
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
 
 
+def _device_type(model: nn.Module) -> str:
+    return next(model.parameters()).device.type
+
+
 def _autocast(cfg: MaskRunConfig, model: nn.Module):
     if not cfg.bf16:
         return contextlib.nullcontext()
-    device = next(model.parameters()).device.type
-    return torch.autocast(device, dtype=torch.bfloat16)
+    return torch.autocast(_device_type(model), dtype=torch.bfloat16)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -397,7 +400,7 @@ def cpu_has_native_bf16() -> bool:
 
 def _warn_slow_bf16(cfg: MaskRunConfig, model: nn.Module) -> None:
     """Warns when bf16 autocast is asked for on a CPU that has no native bf16."""
-    if cfg.bf16 and next(model.parameters()).device.type == "cpu" and not cpu_has_native_bf16():
+    if cfg.bf16 and _device_type(model) == "cpu" and not cpu_has_native_bf16():
         warnings.warn(
             f"{cfg.label()}: bf16 autocast on a CPU without native bf16 (no AVX512-BF16 or "
             "AMX): bf16 matmuls are emulated and a step may take several times longer than "
