@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
+
+from dpp.experiments.machine import cpu_name
+
+__all__ = ["cpu_name", "median_ms"]
 
 
 def median_ms(
@@ -33,15 +35,3 @@ def median_ms(
         if len(times) >= max_reps:
             break
     return statistics.median(times) * 1e3
-
-
-def cpu_name() -> str:
-    """The CPU's model name as ``lscpu`` prints it (``platform`` as a fallback)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine() or "unknown"

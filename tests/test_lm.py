@@ -16,6 +16,7 @@ from dpp.experiments.lm.methods import MaskRunConfig, run_method
 from dpp.experiments.lm.model import ModelSpec, train_batch
 from dpp.experiments.lm.oneshot import block_linears, oneshot_masks
 from dpp.experiments.lm.pretrain import PretrainConfig, load_dense, pretrain
+from dpp.experiments.machine import describe as describe_machine
 
 TINY = ModelSpec(hidden=16, layers=1, heads=2, intermediate=32, seq=32)
 
@@ -292,6 +293,13 @@ def test_a_grid_runs_every_setting_once_and_tables_the_best(tmp_path, source_tre
     assert f"| dense | steps 2, {setting} |" in table and "| magnitude |" in table
     assert main(["lm", "grid", str(grid)]) == 0  # resumes: nothing runs again
     assert "[1/6]" in capsys.readouterr().out
+    assert all(r["machines"] == [describe_machine("cpu")] for r in results.values())
+    assert "other machine" not in table
+    for d, c in runs:  # the dense runs recorded on another machine: no step ratio against them
+        if c.method == "dense":
+            result = {**results[d.name], "machines": [{"cpu": "another CPU"}]}
+            (d / "result.json").write_text(json.dumps(result))
+    assert "| other machine |" in results_table(grid)
     every = settings_table(grid).splitlines()[2:]
     assert len(every) == 6 and sum(row.startswith("| dense |") for row in every) == 4
 

@@ -12,7 +12,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from dpp.experiments.errors import ConfigError
+from dpp.experiments.lm import methods as lm_methods
 from dpp.experiments.lm.methods import MaskRunConfig, run_method
+from dpp.experiments.machine import describe as describe_machine
 from test_lm_source import TEXTS, tiny_llama, tiny_tokenizer
 
 
@@ -95,7 +97,11 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, setting, method
         run_method(cfg, tmp_path / "resumed")
     assert (tmp_path / "resumed" / "checkpoint.pt").exists()
     monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    here = describe_machine("cpu")
+    elsewhere = {**here, "cpu": "the machine it resumed on"}
+    monkeypatch.setattr(lm_methods, "describe_machine", lambda device: elsewhere)
     resumed = run_method(cfg, tmp_path / "resumed")
+    assert whole["machines"] == [here] and resumed["machines"] == [here, elsewhere]
     assert resumed["val"] == whole["val"] and resumed["tune"] == whole["tune"]
     assert resumed["curve"] == whole["curve"]
     assert not (tmp_path / "resumed" / "checkpoint.pt").exists()

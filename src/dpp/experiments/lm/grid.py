@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..machine import same_machine
 from .methods import CURVE_EVERY, MaskRunConfig
 
 if sys.version_info >= (3, 11):
@@ -250,6 +251,9 @@ def results_table(grid: str | Path) -> str:
         gap = "" if dense_loss is None or name == "dense" else f"{mean - dense_loss:+.4f}"
         step = statistics.mean(r["seconds_per_step"] for r in results)
         ratio = f"{step / dense_step:.2f}x" if dense_step and step else ""
+        machines = [r.get("machines") for r in (*results, *dense[1])] if dense else []
+        if ratio and same_machine(*machines) is False:
+            ratio = "other machine"  # never a ratio of step times from two machines
         row = [name, setting, _mean_std(losses), gap, f"{math.exp(mean):.3f}"]
         if several:
             for corpus in corpora:

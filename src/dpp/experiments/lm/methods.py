@@ -64,6 +64,7 @@ from ..checkpoint import (
     write_json,
 )
 from ..errors import ConfigError
+from ..machine import describe as describe_machine
 from .data import LMData, load_data
 from .model import evaluate
 from .oneshot import ONESHOT_METHODS
@@ -471,9 +472,9 @@ def _train(
     pruner: dpp.Pruner | None,
     data: LMData,
     teacher: nn.Module | None,
-) -> tuple[list[dict[str, Any]], float, float]:
+) -> tuple[list[dict[str, Any]], float, float, list[dict[str, Any]]]:
     """The training loop, resumable: ``(curve, seconds per step, training seconds of the
-    earlier processes it resumed)``."""
+    earlier processes it resumed, the machines its processes ran on)``."""
     from tqdm.auto import tqdm
 
     optimizer = _optimizer(cfg, model, pruner)
@@ -488,9 +489,13 @@ def _train(
     warmup = max(1, cfg.steps // 20)
     ckpt = out / "checkpoint.pt"
     start, curve, train_seconds = 0, [], 0.0
+    machines = [describe_machine(cfg.device)]
     if ckpt.exists():
         state = _restore_state(ckpt, cfg, model, optimizer, pruner)
         start, curve, train_seconds = int(state["step"]), list(state["curve"]), state["seconds"]
+        # A checkpoint from before machines were recorded: its steps ran somewhere unknown.
+        earlier = state.get("machines", [{"cpu": "unknown"}])
+        machines = earlier + [m for m in machines if m not in earlier]
     last_masks = pruner.masks() if pruner is not None else None
     tokens_per_step = cfg.batch * data.seq
     bar = tqdm(
@@ -534,12 +539,12 @@ def _train(
                 last_masks = masks
             curve.append(point)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            state = {"step": step + 1, "curve": curve, "seconds": elapsed}
+            state = {"step": step + 1, "curve": curve, "seconds": elapsed, "machines": machines}
             state["config"] = {k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items()}
             _save_state(ckpt, model, optimizer, pruner, state)
     bar.close()
     total = train_seconds + time.perf_counter() - t0
-    return curve, total / max(cfg.steps, 1), train_seconds
+    return curve, total / max(cfg.steps, 1), train_seconds, machines
 
 
 def run_method(cfg: MaskRunConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -653,8 +658,9 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
     pruner = _setup(cfg, model, [batch.to(cfg.device) for batch in data.calibration])
     curve: list[dict[str, Any]] = []
     step_seconds = earlier = 0.0
+    machines = [describe_machine(cfg.device)]
     if cfg.trains:
-        curve, step_seconds, earlier = _train(cfg, out, model, pruner, data, teacher)
+        curve, step_seconds, earlier, machines = _train(cfg, out, model, pruner, data, teacher)
     del teacher
     val = evaluate_corpora(model, data)
     tune = evaluate_corpora(model, data, "tune")
@@ -676,6 +682,7 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
         "seq": data.seq,
         "seconds": time.perf_counter() - started + earlier,
         "seconds_per_step": step_seconds,
+        "machines": machines,
         "pruned_layers": pruned_layers,
         **summarize(val),
         "val": val,
