@@ -351,3 +351,25 @@ def test_settings_that_change_the_numbers_are_part_of_a_runs_identity():
         assert replace(base, **change).run_name() != base.run_name(), change
     for change in ({"device": "cuda"}, {"grad_checkpointing": True}):
         assert replace(base, **change).run_name() == base.run_name(), change
+
+
+def test_the_best_setting_is_judged_on_the_seeds_every_setting_has(tmp_path):
+    """A setting run at more seeds is compared with the others on their shared seeds only,
+    and then reported over all its seeds."""
+    from dpp.experiments.lm.grid import grid_runs, results_table
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        f'model = "{tmp_path / "model"}"\noutput_dir = "{tmp_path / "out"}"\n'
+        'pattern = "2:4"\nsteps = 2\nbatch = 2\nseeds = [0]\n'
+        '[[methods]]\nmethod = "dpp-mask"\nlogit_lr = [0.05, 0.1]\n'
+        '[[methods]]\nmethod = "dpp-mask"\nlogit_lr = 0.05\nseeds = [1, 2]\n'
+    )
+    tune = {(0.05, 0): 1.0, (0.1, 0): 1.5, (0.05, 1): 2.0, (0.05, 2): 2.0}
+    for out_dir, cfg in grid_runs(grid):  # the 3-seed mean (1.67) is above 0.1's seed 0
+        out_dir.mkdir(parents=True)
+        loss = tune[cfg.logit_lr, cfg.seed]
+        result = {"tune_loss": loss, "val_loss": loss, "seconds": 1.0, "seconds_per_step": 0.5}
+        (out_dir / "result.json").write_text(json.dumps({**result, "tokens": 8}))
+    row = next(line for line in results_table(grid).splitlines() if line.startswith("| dpp-mask"))
+    assert "| steps 2 |" in row and "| 3 |" in row  # logit lr 0.05 (the default), 3 seeds

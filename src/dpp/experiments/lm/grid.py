@@ -195,20 +195,27 @@ def _corpus_loss(result: dict[str, Any], corpus: str) -> float:
 
 
 def _best(grid: str | Path):
-    """Per method, the setting with the lowest mean tuning loss: ``{name: (setting,
-    results)}``, the configs of every (name, setting), and the grid's corpora."""
-    groups: dict[str, dict[str, list[dict]]] = {}
+    """Per method, the setting with the lowest mean tuning loss over the seeds that all its
+    settings share (a setting with more seeds is not judged on other draws than the rest):
+    ``{name: (setting, results)}``, the configs of every (name, setting), and the grid's
+    corpora."""
+    groups: dict[str, dict[str, dict[int, dict]]] = {}
     configs: dict[tuple[str, str], MaskRunConfig] = {}
     corpora: tuple[str, ...] = ()
     for cfg, name, setting, result in _finished(grid):
         corpora = tuple(entry.partition("=")[0] for entry in cfg.corpora)
         configs.setdefault((name, setting), cfg)
-        groups.setdefault(name, {}).setdefault(setting, []).append(result)
+        groups.setdefault(name, {}).setdefault(setting, {})[cfg.seed] = result
     best: dict[str, tuple[str, list[dict]]] = {}
     for name, settings in groups.items():
-        best[name] = min(
-            settings.items(), key=lambda kv: statistics.mean(r["tune_loss"] for r in kv[1])
-        )
+        shared = set.intersection(*(set(by_seed) for by_seed in settings.values()))
+
+        def tune_loss(by_seed: dict[int, dict], shared: set[int] = shared) -> float:
+            seeds = shared or by_seed  # no seed in common: each setting's own mean
+            return statistics.mean(by_seed[seed]["tune_loss"] for seed in seeds)
+
+        setting = min(settings, key=lambda s: tune_loss(settings[s]))
+        best[name] = (setting, list(settings[setting].values()))
     return best, configs, corpora
 
 
