@@ -258,8 +258,7 @@ def results_table(grid: str | Path) -> str:
         gap = "" if dense_loss is None or name == "dense" else f"{mean - dense_loss:+.4f}"
         step = statistics.mean(r["seconds_per_step"] for r in results)
         ratio = f"{step / dense_step:.2f}x" if dense_step and step else ""
-        machines = [r.get("machines") for r in (*results, *dense[1])] if dense else []
-        if ratio and same_machine(*machines) is False:
+        if ratio and same_machine(*(r.get("machines") for r in (*results, *dense[1]))) is False:
             ratio = "other machine"  # never a ratio of step times from two machines
         row = [name, setting, _mean_std(losses), gap, f"{math.exp(mean):.3f}"]
         if several:

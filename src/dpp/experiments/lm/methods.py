@@ -472,9 +472,11 @@ def _train(
     pruner: dpp.Pruner | None,
     data: LMData,
     teacher: nn.Module | None,
+    machine: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], float, float, list[dict[str, Any]]]:
     """The training loop, resumable: ``(curve, seconds per step, training seconds of the
-    earlier processes it resumed, the machines its processes ran on)``."""
+    earlier processes it resumed, the machines its processes ran on)``; ``machine`` is this
+    process's."""
     from tqdm.auto import tqdm
 
     optimizer = _optimizer(cfg, model, pruner)
@@ -489,13 +491,13 @@ def _train(
     warmup = max(1, cfg.steps // 20)
     ckpt = out / "checkpoint.pt"
     start, curve, train_seconds = 0, [], 0.0
-    machines = [describe_machine(cfg.device)]
+    machines = [machine]
     if ckpt.exists():
         state = _restore_state(ckpt, cfg, model, optimizer, pruner)
         start, curve, train_seconds = int(state["step"]), list(state["curve"]), state["seconds"]
         # A checkpoint from before machines were recorded: its steps ran somewhere unknown.
         earlier = state.get("machines", [{"cpu": "unknown"}])
-        machines = earlier + [m for m in machines if m not in earlier]
+        machines = earlier if machine in earlier else [*earlier, machine]
     last_masks = pruner.masks() if pruner is not None else None
     tokens_per_step = cfg.batch * data.seq
     bar = tqdm(
@@ -660,7 +662,9 @@ def _run_locked(cfg: MaskRunConfig, out: Path) -> dict[str, Any]:
     step_seconds = earlier = 0.0
     machines = [describe_machine(cfg.device)]
     if cfg.trains:
-        curve, step_seconds, earlier, machines = _train(cfg, out, model, pruner, data, teacher)
+        curve, step_seconds, earlier, machines = _train(
+            cfg, out, model, pruner, data, teacher, machines[0]
+        )
     del teacher
     val = evaluate_corpora(model, data)
     tune = evaluate_corpora(model, data, "tune")
