@@ -161,22 +161,51 @@ def test_every_method_runs_and_records_its_budget(tmp_path, source_tree, method)
         assert ("mask_flips" in result["curve"][0]) == method.startswith("dpp")
 
 
-def test_dpp_from_sparsegpts_weights_starts_at_the_one_shot_sparsegpt_model(tmp_path, source_tree):
-    """DPP started from SparseGPT's updated weights and mask (weights_from="sparsegpt"), before
-    any step, evaluates exactly as the one-shot SparseGPT model."""
+@pytest.mark.parametrize("prior", ["sparsegpt", "sparsegpt-saliency"])
+def test_dpp_from_sparsegpts_weights_starts_at_the_one_shot_sparsegpt_model(
+    tmp_path, source_tree, prior
+):
+    """DPP started from SparseGPT's updated weights (weights_from="sparsegpt") and its mask or
+    graded saliency, before any step, evaluates exactly as the one-shot SparseGPT model."""
     cfg = _config(tmp_path, source_tree)
     pretrain(cfg, tmp_path / "dense")
     oneshot = MaskRunConfig(model=str(tmp_path / "dense"), method="sparsegpt")
-    start = replace(
-        oneshot, method="dpp-joint", prior="sparsegpt", weights_from="sparsegpt", steps=0
-    )
+    start = replace(oneshot, method="dpp-mask", prior=prior, weights_from="sparsegpt", steps=0)
     a = run_method(oneshot, tmp_path / "a")
     b = run_method(start, tmp_path / "b")
     assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-5)
+    assert (
+        b["val_loss"] < run_method(replace(start, weights_from="dense"), tmp_path / "c")["val_loss"]
+    )
     from dpp.experiments.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="prior='sparsegpt'"):
+    with pytest.raises(ConfigError, match="prior='sparsegpt-saliency'"):
         replace(start, prior="wanda")
+    with pytest.raises(ConfigError, match="needs a dpp method"):
+        replace(start, method="sparsegpt+ft")
+
+
+def test_dpp_from_sparsegpts_weights_and_saliency_starts_from_graded_logits(tmp_path, source_tree):
+    """With weights_from="sparsegpt", the saliency prior gives graded starting logits (the
+    kept weights of a group differ) and the 0/1 prior two values per group."""
+    from dpp.experiments.lm.methods import _setup
+
+    cfg = _config(tmp_path, source_tree)
+    pretrain(cfg, tmp_path / "dense")
+    calib = [torch.randint(0, 256, (2, 32)) for _ in range(2)]
+    spread = {}
+    for prior in ("sparsegpt", "sparsegpt-saliency"):
+        run = MaskRunConfig(
+            model=str(tmp_path / "dense"),
+            method="dpp-mask",
+            prior=prior,
+            weights_from="sparsegpt",
+            steps=1,
+        )
+        model, _ = load_dense(tmp_path / "dense")
+        logits = _setup(run, model, calib).logits()[0].detach()
+        spread[prior] = logits.round(decimals=4).unique().numel()
+    assert spread["sparsegpt"] <= 4 < spread["sparsegpt-saliency"]
 
 
 def test_a_finished_run_with_other_settings_is_refused(tmp_path, source_tree):

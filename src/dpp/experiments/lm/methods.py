@@ -141,10 +141,11 @@ class MaskRunConfig:
     entropy_weight: float = 0.0
     """Entropy penalty of the logits."""
     weights_from: str = "dense"
-    """DPP's starting weights: ``dense``, or ``sparsegpt`` (prior ``sparsegpt`` only): the
-    weights SparseGPT keeps take its OBS-updated values and the ones it prunes keep their
-    dense values, so that the starting deterministic mask gives the one-shot SparseGPT
-    model exactly."""
+    """DPP's starting weights: ``dense``, or ``sparsegpt`` (prior ``sparsegpt`` or
+    ``sparsegpt-saliency``): the weights SparseGPT keeps take its OBS-updated values and the
+    ones it prunes keep their dense values, and the logits start from that same SparseGPT
+    run's mask (0/1) or saliency (graded), so that the starting deterministic mask gives the
+    one-shot SparseGPT model exactly."""
     logit_dtype: str = "float32"
     """DPP's logit storage dtype (``DPPConfig.logit_dtype``): float32, bfloat16 or float16."""
     optimizer: str = "adamw"
@@ -183,11 +184,12 @@ class MaskRunConfig:
         if self.weights_from not in ("dense", "sparsegpt"):
             raise ConfigError(f"weights_from must be dense or sparsegpt: {self.weights_from}")
         if self.weights_from == "sparsegpt" and (
-            not self.method.startswith("dpp") or self.prior != "sparsegpt"
+            not self.method.startswith("dpp") or not self.prior.startswith("sparsegpt")
         ):
             raise ConfigError(
                 "weights_from='sparsegpt' starts DPP from SparseGPT's updated weights and its "
-                "mask: it needs a dpp method with prior='sparsegpt'"
+                "mask: it needs a dpp method with prior='sparsegpt' or "
+                f"prior='sparsegpt-saliency' (got method={self.method!r}, prior={self.prior!r})"
             )
         if not self.corpora:
             raise ConfigError("corpora: name at least one corpus")
@@ -352,7 +354,9 @@ def _setup(cfg: MaskRunConfig, model: nn.Module, calib: list) -> dpp.Pruner | No
                 weight = model.get_submodule(name).weight
                 weight.copy_(torch.where(mask, new[name].weight, weight))
         del updated
-        source = result.learned_masks(logit_std=cfg.prior_strength, graded=False)
+        source = result.learned_masks(
+            logit_std=cfg.prior_strength, graded=cfg.prior == "sparsegpt-saliency"
+        )
         pruner = dpp.prune(model, **_common(cfg), **_dpp_schedule(cfg), mask_source=source)
     else:
         calibrated = cfg.prior in ("wanda", "sparsegpt", "sparsegpt-saliency")
