@@ -154,6 +154,34 @@ def test_sparsegpt_updates_the_kept_weights():
         assert not torch.equal(model.get_submodule(n).weight[mask], before[n][mask]), n
 
 
+@pytest.mark.parametrize("net", ["llama", "net"])
+def test_keep_pruned_weights_keeps_the_dense_values_where_it_prunes(net):
+    """keep_pruned_weights=True: SparseGPT's updated weights where it keeps, the dense ones
+    where it prunes, the same masks; DPP from it starts at exactly the one-shot model."""
+    torch.manual_seed(0)
+    model = _llama() if net == "llama" else _Net()
+    calib = _calib() if net == "llama" else [torch.randn(24, 8) for _ in range(2)]
+    dense = copy.deepcopy(model)
+    pruned = copy.deepcopy(model)
+    ref = dpp.oneshot(pruned, "sparsegpt", k=2, block_size=4, calibration_data=calib)
+    result = dpp.oneshot(
+        model, "sparsegpt", k=2, block_size=4, calibration_data=calib, keep_pruned_weights=True
+    )
+    for n, mask in ref.masks.items():
+        assert torch.equal(result.masks[n], mask), n
+        weight = model.get_submodule(n).weight
+        assert torch.equal(weight[mask], pruned.get_submodule(n).weight[mask]), n
+        assert torch.equal(weight[~mask], dense.get_submodule(n).weight[~mask]), n
+    dpp.prune(model, **result.prune_options(), mask_source=result.learned_masks())
+    model.eval()
+
+    def out(m: nn.Module) -> torch.Tensor:
+        y = m(calib[0])
+        return y.logits if net == "llama" else y
+
+    torch.testing.assert_close(out(model), out(pruned))
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("block_size", [4, None])
 def test_scores_rank_every_kept_weight_above_every_pruned_one(method, block_size):
@@ -379,3 +407,17 @@ def test_masks_of_another_layout_are_refused_by_the_factories():
             include=["*q_proj"],
             mask_source=result.fixed_masks(),
         )
+
+
+@pytest.mark.parametrize("options", [{"update_weights": False}, {"keep_pruned_weights": True}])
+def test_a_layer_after_the_blocks_is_calibrated_on_the_pruned_blocks(options):
+    """With the original weights kept (update_weights=False, keep_pruned_weights=True), a
+    layer after the stack still gets the mask it gets when the blocks stay pruned."""
+    torch.manual_seed(0)
+    model = _Net()
+    ref = copy.deepcopy(model)
+    calib = [torch.randn(24, 8) for _ in range(2)]
+    want = dpp.oneshot(ref, "sparsegpt", k=2, block_size=4, calibration_data=calib)
+    got = dpp.oneshot(model, "sparsegpt", k=2, block_size=4, calibration_data=calib, **options)
+    for n, mask in want.masks.items():
+        assert torch.equal(got.masks[n], mask), n

@@ -326,11 +326,13 @@ class _Pruning:
         *,
         update_weights: bool,
         dampening: float,
+        keep_pruned_weights: bool = False,
     ) -> None:
         self.method = method
         self.layers = layers
         self.layouts = layouts
         self.update_weights = update_weights
+        self.keep_pruned_weights = keep_pruned_weights
         self.dampening = dampening
         self.masks: dict[str, Tensor] = {}
         self.scores: dict[str, Tensor] = {}
@@ -369,16 +371,22 @@ class _Pruning:
         self.masks[name] = _as_weight(module, keep.reshape(w.shape))
         self.scores[name] = _as_weight(module, scores.reshape(w.shape))
         with torch.no_grad():
-            if not self.update_weights and name not in self.originals:
+            keeps_some = not self.update_weights or self.keep_pruned_weights
+            if keeps_some and name not in self.originals:
                 self.originals[name] = module.weight.detach().clone()
             module.weight.copy_(_as_weight(module, new_w.to(module.weight.dtype)))
 
     def restore(self, names: Iterable[str]) -> None:
-        """``update_weights=False``: put the original weights of ``names`` back."""
+        """Put back the original weights of ``names`` (``update_weights=False``), or only
+        the pruned ones (``keep_pruned_weights=True``: the kept ones stay updated)."""
         with torch.no_grad():
             for name in names:
-                if name in self.originals:
-                    self.layers[name].weight.copy_(self.originals.pop(name))
+                if name not in self.originals:
+                    continue
+                weight, original = self.layers[name].weight, self.originals.pop(name)
+                if self.update_weights:
+                    original = torch.where(self.masks[name], weight, original)
+                weight.copy_(original)
 
 
 def _unreached(name: str) -> str:
@@ -421,6 +429,7 @@ def oneshot(
     block_size: int | None = None,
     calibration_data: Iterable[Any] | None = None,
     update_weights: bool = True,
+    keep_pruned_weights: bool = False,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] = (),
     sequential: bool = True,
@@ -432,8 +441,9 @@ def oneshot(
     """Prune ``model`` one-shot, in place: k of every ``block_size`` inputs (N:M) or k of
     every row, by magnitude, Wanda or SparseGPT.
 
-    Afterwards the model is a plain model (no DPP layers): pruned weights are zero and, for
-    SparseGPT with ``update_weights=True``, the kept weights carry the OBS update. Feed
+    Afterwards the model is a plain model (no DPP layers): pruned weights are zero (unless
+    ``keep_pruned_weights``) and, for SparseGPT with ``update_weights=True``, the kept
+    weights carry the OBS update. Feed
     the result to :func:`dpp.prune` to fine-tune under the fixed mask
     (:meth:`OneShotResult.fixed_masks`) or to learn masks from it
     (:meth:`OneShotResult.learned_masks`).
@@ -455,6 +465,12 @@ def oneshot(
             pruned weights (``False``: leave them). The masks do not depend on it: with
             ``False`` the pruned (and updated) layers are still what later layers are
             calibrated on, and the weights are restored afterwards.
+        keep_pruned_weights: leave the pruned weights at their dense values (the kept ones
+            still take SparseGPT's update): a start for DPP from the one-shot model. The
+            calibration is the same (every layer is calibrated on the pruned layers before
+            it), and ``dpp.prune(model, **result.prune_options(),
+            mask_source=result.learned_masks())`` then starts at exactly the one-shot
+            model, with the pruned weights there to come back.
         include: glob patterns of module names to prune (as ``dpp.prune``); default: every
             ``nn.Linear``-like layer and convolution except the output head.
         exclude: glob patterns of module names left dense.
@@ -543,7 +559,14 @@ def oneshot(
         exclude=[exclude] if isinstance(exclude, str) else list(exclude),
     )
     layers, layouts = _select(model, cfg)
-    state = _Pruning(method, layers, layouts, update_weights=update_weights, dampening=dampening)
+    state = _Pruning(
+        method,
+        layers,
+        layouts,
+        update_weights=update_weights,
+        dampening=dampening,
+        keep_pruned_weights=keep_pruned_weights,
+    )
     transposed = {n for n, m in layers.items() if is_hf_conv1d(type(m))}
 
     was_training = model.training
@@ -704,6 +727,9 @@ def _run_sequential(
         for h in handles:
             h.remove()
     before = [n for n in outside if pre_stats[n].tokens > 0]
+    # Layers after the stack are calibrated with a full pass over the pruned blocks: the
+    # blocks' original weights (update_weights=False, keep_pruned_weights) go back only then.
+    restore_per_block = all(n in before for n in outside)
     if before:
         for name in before:
             state.decide(name, pre_stats[name])
@@ -738,7 +764,8 @@ def _run_sequential(
                 out.dtype,
                 out.device,
             )
-        state.restore(names)
+        if restore_per_block:
+            state.restore(names)
 
     after = {n: m for n, m in outside.items() if n not in before}
     if after:

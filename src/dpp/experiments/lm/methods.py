@@ -339,21 +339,15 @@ def _setup(cfg: MaskRunConfig, model: nn.Module, calib: list) -> dpp.Pruner | No
     if cfg.weights_from == "sparsegpt":
         # SparseGPT's updated weights where it keeps them, dense values where it prunes, so
         # that the starting deterministic mask gives the one-shot SparseGPT model exactly.
-        updated = copy.deepcopy(model)
         result = dpp.oneshot(
-            updated,
+            model,
             "sparsegpt",
             k=cfg.k,
             block_size=cfg.m,
             calibration_data=calib,
             true_sequential=True,
+            keep_pruned_weights=True,
         )
-        with torch.no_grad():
-            new = dict(updated.named_modules())
-            for name, mask in result.masks.items():
-                weight = model.get_submodule(name).weight
-                weight.copy_(torch.where(mask, new[name].weight, weight))
-        del updated
         source = result.learned_masks(
             logit_std=cfg.prior_strength, graded=cfg.prior == "sparsegpt-saliency"
         )
