@@ -258,12 +258,13 @@ def results_table(grid: str | Path) -> str:
         gap = "" if dense_loss is None or name == "dense" else f"{mean - dense_loss:+.4f}"
         step = statistics.mean(r["seconds_per_step"] for r in results)
         ratio = f"{step / dense_step:.2f}x" if dense_step and step else ""
-        records = [r.get("machines") for r in (*results, *dense[1])]
-        same = same_machine(*records)
-        if ratio and same is False:
-            ratio = "other machine"  # never a ratio of step times from two machines
-        elif ratio and same is None and any(records):
-            ratio = "machine unknown"  # one side predates the record: it may be another
+        if ratio:
+            records = [r.get("machines") for r in (*results, *dense[1])]
+            same = same_machine(*records)
+            if same is False:
+                ratio = "other machine"  # never a ratio of step times from two machines
+            elif same is None and any(records):
+                ratio = "machine unknown"  # one side predates the record: it may be another
         row = [name, setting, _mean_std(losses), gap, f"{math.exp(mean):.3f}"]
         if several:
             for corpus in corpora:
