@@ -326,7 +326,7 @@ class _Pruning:
         *,
         update_weights: bool,
         dampening: float,
-        keep_pruned_weights: bool = False,
+        keep_pruned_weights: bool,
     ) -> None:
         self.method = method
         self.layers = layers
@@ -443,9 +443,8 @@ def oneshot(
 
     Afterwards the model is a plain model (no DPP layers): pruned weights are zero (unless
     ``keep_pruned_weights``) and, for SparseGPT with ``update_weights=True``, the kept
-    weights carry the OBS update. Feed
-    the result to :func:`dpp.prune` to fine-tune under the fixed mask
-    (:meth:`OneShotResult.fixed_masks`) or to learn masks from it
+    weights carry the OBS update. Feed the result to :func:`dpp.prune` to fine-tune under
+    the fixed mask (:meth:`OneShotResult.fixed_masks`) or to learn masks from it
     (:meth:`OneShotResult.learned_masks`).
 
     Args:
@@ -727,9 +726,10 @@ def _run_sequential(
         for h in handles:
             h.remove()
     before = [n for n in outside if pre_stats[n].tokens > 0]
-    # Layers after the stack are calibrated with a full pass over the pruned blocks: the
-    # blocks' original weights (update_weights=False, keep_pruned_weights) go back only then.
-    restore_per_block = all(n in before for n in outside)
+    # Layers after the stack are calibrated with a full pass over the pruned blocks: where
+    # there are any, the blocks' original weights (update_weights=False,
+    # keep_pruned_weights) go back only after that pass.
+    after = {n: m for n, m in outside.items() if n not in before}
     if before:
         for name in before:
             state.decide(name, pre_stats[name])
@@ -764,10 +764,9 @@ def _run_sequential(
                 out.dtype,
                 out.device,
             )
-        if restore_per_block:
+        if not after:
             state.restore(names)
 
-    after = {n: m for n, m in outside.items() if n not in before}
     if after:
         stats = calibrate(model, after, batches, hessian=after if need_h else ())
         for name in after:
