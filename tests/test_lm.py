@@ -385,6 +385,9 @@ def test_settings_that_change_the_numbers_are_part_of_a_runs_identity():
         assert replace(base, **change).run_name() != base.run_name(), change
     for change in ({"device": "cuda"}, {"grad_checkpointing": True}):
         assert replace(base, **change).run_name() == base.run_name(), change
+    both = replace(base, method="dpp-mask+ft")
+    assert replace(both, mask_fraction=0.25).run_name() != both.run_name()
+    assert replace(base, mask_fraction=0.25).run_name() == base.run_name()  # dpp-mask+ft only
 
 
 def test_the_best_setting_is_judged_on_the_seeds_every_setting_has(tmp_path):

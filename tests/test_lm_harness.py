@@ -76,11 +76,21 @@ def test_a_hugging_face_model_is_pruned_evaluated_per_corpus_and_saved(tmp_path,
         assert torch.equal(mask, weight != 0) or bool((weight[~mask] == 0).all()), name
 
 
-@pytest.mark.parametrize("method", ["dpp-joint", "wanda+ft"])
-def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, setting, method, monkeypatch):
+@pytest.mark.parametrize(
+    ("method", "steps"),
+    [
+        ("dpp-joint", 30),
+        ("wanda+ft", 30),
+        ("dpp-mask+ft", 30),  # the checkpoint (step 25) is in the fine-tuning phase
+        ("dpp-mask+ft", 50),  # the checkpoint is at the switch (step 25)
+    ],
+)
+def test_an_interrupted_run_resumes_to_the_same_result(
+    tmp_path, setting, method, steps, monkeypatch
+):
     """A run killed after its checkpoint and run again ends with exactly the result of a run
     that was never interrupted (same losses, curve and masks)."""
-    cfg = MaskRunConfig(method=method, steps=30, **setting)
+    cfg = MaskRunConfig(method=method, steps=steps, **setting)
     whole = run_method(cfg, tmp_path / "whole")
 
     calls = {"n": 0}
@@ -107,6 +117,32 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, setting, method
     assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
     a = json.loads((tmp_path / "whole" / "model" / "config.json").read_text())
     assert a == json.loads((tmp_path / "resumed" / "model" / "config.json").read_text())
+
+
+def test_dpp_mask_then_ft_learns_the_masks_of_dpp_mask_then_trains_weights_under_them(
+    tmp_path, setting
+):
+    """dpp-mask+ft's first phase is dpp-mask for that many steps (the same masks, bit for bit);
+    its second phase keeps those masks and trains the weights (so its loss differs)."""
+    from safetensors.torch import load_file
+
+    both = MaskRunConfig(method="dpp-mask+ft", steps=12, mask_fraction=0.5, **setting)
+    assert both.mask_steps == 6 and "maskfrac-0.5" in both.run_name()
+    mask_only = replace(both, method="dpp-mask", steps=6)
+    a = run_method(both, tmp_path / "both")
+    b = run_method(mask_only, tmp_path / "mask-only")
+    masks_a = load_file(tmp_path / "both" / "masks.safetensors")
+    masks_b = load_file(tmp_path / "mask-only" / "masks.safetensors")
+    assert masks_a.keys() == masks_b.keys()
+    assert all(torch.equal(masks_a[k], masks_b[k]) for k in masks_a)
+    assert a["tokens"] == 2 * b["tokens"] and a["val"] != b["val"]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 0.01])
+def test_dpp_mask_then_ft_needs_a_step_in_each_phase(setting, fraction):
+    """A mask fraction that leaves a phase without a step is refused, naming the option."""
+    with pytest.raises(ConfigError, match="mask_fraction"):
+        MaskRunConfig(method="dpp-mask+ft", steps=12, mask_fraction=fraction, **setting)
 
 
 def test_a_checkpoint_of_other_settings_is_refused(tmp_path, setting, monkeypatch):

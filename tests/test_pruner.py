@@ -630,3 +630,89 @@ def test_normal_training_does_not_warn(regime, zero_first):
         model.train()
         _train(model, pruner, optimizer, steps=2, zero_first=zero_first)
         pruner.step(5)  # moving the schedules on without training
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+
+
+def test_freeze_masks_trains_weights_under_the_deterministic_mask():
+    """After freeze_masks, training forward calls use the eval mask and only the weights move."""
+    model = _mlp()
+    pruner = dpp.prune(model, granularity="block", block_size=4, k=2, noise_scale=1.0)
+    before = pruner.masks()
+    assert pruner.freeze_masks() == 2 and pruner.masks_frozen
+    model.train()
+    x = torch.randn(8, 16)
+    out_train = model(x)
+    assert torch.equal(out_train, model.eval()(x))
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    weights = [layer.weight.detach().clone() for layer in pruner.layers.values()]
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+        pruner.step()
+    assert all(s.logits.grad is None for s in (layer.dpp for layer in pruner.layers.values()))
+    after = pruner.masks()
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert all(
+        not torch.equal(w, layer.weight)
+        for w, layer in zip(weights, pruner.layers.values(), strict=True)
+    )
+
+
+def test_unfrozen_masks_still_sample():
+    """Without freeze_masks, training forward calls draw masks that differ from the eval mask."""
+    model = _mlp()
+    pruner = dpp.prune(model, granularity="block", block_size=4, k=2, noise_scale=5.0)
+    assert not pruner.masks_frozen
+    x = torch.randn(8, 16)
+    expected = model.eval()(x)
+    model.train()
+    assert any(not torch.equal(model(x), expected) for _ in range(5))
+
+
+def test_unfreeze_weights_thaws_only_what_freeze_weights_froze():
+    """unfreeze_weights gives gradients back to the weights freeze_weights froze, not others."""
+    model = _mlp()
+    model[2].bias.requires_grad_(False)  # frozen by the user before pruning
+    pruner = dpp.prune(model, granularity="block", block_size=4, k=2)
+    assert pruner.freeze_weights() == 3
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
+        "0.dpp.logits",
+        "2.dpp.logits",
+    ]
+    assert pruner.unfreeze_weights() == 3
+    assert not model[2].bias.requires_grad
+    assert model[0].weight.requires_grad and model[2].weight.requires_grad
+    assert pruner.unfreeze_weights() == 0
+
+
+def test_frozen_masks_survive_state_dict_and_copy():
+    """A restored pruner and Pruner.copy keep the masks frozen."""
+    model = _mlp()
+    pruner = dpp.prune(model, granularity="block", block_size=4, k=2)
+    pruner.freeze_masks()
+    twin = pruner.copy()
+    assert twin.masks_frozen and not any(p.requires_grad for p in twin.logits())
+    fresh = dpp.prune(_mlp(), granularity="block", block_size=4, k=2)
+    fresh.load_state_dict(pruner.state_dict())
+    assert fresh.masks_frozen and not any(p.requires_grad for p in fresh.logits())
+
+
+def test_freeze_masks_refuses_during_a_sparsity_ramp():
+    """freeze_masks raises while the ramp keeps more than k per group."""
+    pruner = dpp.prune(
+        _mlp(),
+        granularity="block",
+        block_size=4,
+        k=2,
+        sparsity_ramp={"kind": "linear", "start": 0.0, "end": 1.0, "steps": 4},
+    )
+    with pytest.raises(ValueError, match="sparsity ramp"):
+        pruner.freeze_masks()
+    pruner.step(4)
+    assert pruner.freeze_masks() == 2

@@ -88,7 +88,8 @@ class DPPMask(MaskSource):
     one draw (its noise and its kept indices) is held while ``draw_index`` and ``k`` stay
     the same, and the logits get the relaxed gradient of the held draw at their current
     values (:func:`~dpp.sampling.gumbel_topk_held`). The held draw is not saved in the
-    state dict: a restored model draws afresh.
+    state dict: a restored model draws afresh. A ``frozen`` mask
+    (:meth:`~dpp.Pruner.freeze_masks`) is its deterministic top-k in training too.
 
     Args:
         layout: the layer's group layout.
@@ -127,10 +128,17 @@ class DPPMask(MaskSource):
         # (draw_index, k, noise [num_groups, n], indices [num_groups, k]) of the held draw.
         self._held: tuple[int, int, Tensor, Tensor] | None = None
         self._eval_cache: tuple[Tensor, int, Tensor] | None = None
+        # Fine-tuning under the learned mask: no draws, the deterministic top-k throughout.
+        self.frozen = False
 
     @property
     def k(self) -> int:
         return self.current_k
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if getattr(self, "frozen", False):  # a module pickled before the flag existed
+            return self.deterministic(weight)
+        return super().forward(weight)
 
     def sample(self, weight: Tensor) -> Tensor:
         if self.resample_every == 1:
@@ -180,7 +188,8 @@ class DPPMask(MaskSource):
         return state
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, tau={self.tau:.4g}, noise_scale={self.noise_scale:.4g}"
+        text = f"{super().extra_repr()}, tau={self.tau:.4g}, noise_scale={self.noise_scale:.4g}"
+        return text + (", frozen" if getattr(self, "frozen", False) else "")
 
 
 class FixedMask(MaskSource):

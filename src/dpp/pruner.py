@@ -223,6 +223,8 @@ class Pruner:
         self.layers = layers
         self._step = 0
         self._finalized: dict[str, FinalizedLayer] | None = None
+        # Names of the parameters freeze_weights() froze (unfreeze_weights() thaws these only).
+        self._frozen_weights: list[str] = []
         # {filter layer: BatchNorm after it}, filled by dpp.prune(..., example_inputs=...).
         self.batchnorm_links: dict[str, str] = {}
         # {layer: why}: prunable layers left dense by default (a language model's output head).
@@ -342,8 +344,13 @@ class Pruner:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The pruner's own state (schedule position and config); the logits are in the model's."""
-        return {"step": self._step, "config": self.config.to_dict()}
+        """The pruner's own state (schedule position, config, whether the masks are frozen);
+        the logits are in the model's."""
+        return {
+            "step": self._step,
+            "config": self.config.to_dict(),
+            "masks_frozen": self.masks_frozen,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the schedule position saved by :meth:`state_dict`."""
@@ -359,6 +366,8 @@ class Pruner:
             )
         self._step = int(state["step"])
         self._apply_schedules()
+        if state.get("masks_frozen", False) and not self.masks_frozen:
+            self.freeze_masks()
 
     # ------------------------------------------------------------------ training helpers
     def logits(self) -> list[nn.Parameter]:
@@ -466,10 +475,82 @@ class Pruner:
         self._check_live("freeze_weights")
         ids = {id(p) for p in self.logits()}
         frozen = 0
-        for p in self.model.parameters():
+        for name, p in self.model.named_parameters():
             if id(p) not in ids and p.requires_grad:
                 p.requires_grad_(False)
+                self._frozen_weights.append(name)
                 frozen += 1
+        return frozen
+
+    def unfreeze_weights(self) -> int:
+        """Undo :meth:`freeze_weights`: the parameters it froze require gradients again.
+
+        Parameters frozen before it (by the user) stay frozen. With :meth:`freeze_masks`,
+        this turns mask-only training into fine-tuning under the learned masks; build a new
+        optimizer afterwards (the old one does not hold the weights).
+
+        Returns:
+            The number of parameter tensors thawed.
+
+        Example:
+            >>> import torch, dpp
+            >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+            >>> pruner = dpp.prune(model, granularity="block", block_size=4, k=2)
+            >>> pruner.freeze_weights(), pruner.unfreeze_weights()
+            (4, 4)
+        """
+        self._check_live("unfreeze_weights")
+        params = dict(self.model.named_parameters())
+        for name in self._frozen_weights:
+            params[name].requires_grad_(True)
+        thawed, self._frozen_weights = len(self._frozen_weights), []
+        return thawed
+
+    @property
+    def masks_frozen(self) -> bool:
+        """Whether :meth:`freeze_masks` fixed the learned masks (``False`` without any)."""
+        sources = [source for _, source in self._sources()]
+        return bool(sources) and all(getattr(s, "frozen", False) for s in sources)
+
+    def freeze_masks(self) -> int:
+        """Fix every learned mask at its deterministic top-k: fine-tuning under the masks.
+
+        From now on a training forward call uses the same mask as evaluation (no Gumbel
+        draw) and the logits stop requiring gradients, so the masks stay exactly what
+        they are while the weights train; :meth:`finalize` and the exports give that
+        same mask. Saved in :meth:`state_dict`, so a restored pruner freezes them again.
+        Call it once the sparsity ramp (if any) has ended, then :meth:`unfreeze_weights`
+        after mask-only training, and build a new optimizer.
+
+        Returns:
+            The number of masks frozen.
+
+        Raises:
+            ValueError: while a ``sparsity_ramp`` is under way (the mask would keep more
+                than k).
+
+        Example:
+            >>> import torch, dpp
+            >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+            >>> pruner = dpp.prune(model, granularity="block", block_size=4, k=2)
+            >>> pruner.freeze_masks()
+            2
+            >>> x = torch.randn(3, 8)
+            >>> torch.equal(model.train()(x), model.eval()(x))
+            True
+        """
+        self._check_live("freeze_masks")
+        if self.ramp < 1:
+            raise ValueError(
+                f"freeze_masks(): the sparsity ramp is at {self.ramp:.3f} of its target at "
+                f"step {self._step}, so the masks keep more than k; freeze them once it ends"
+            )
+        frozen = 0
+        for _, source in self._sources():
+            source.frozen = True
+            source.logits.requires_grad_(False)
+            source.logits.grad = None
+            frozen += 1
         return frozen
 
     def entropy(self) -> Tensor:
@@ -665,6 +746,7 @@ class Pruner:
         model = _copy.deepcopy(self.model)
         twin = Pruner(model, self.config, {name: model.get_submodule(name) for name in self.layers})
         twin._step = self._step
+        twin._frozen_weights = list(self._frozen_weights)
         twin.batchnorm_links = dict(self.batchnorm_links)  # the hooks were copied with the model
         twin._apply_schedules()
         return twin

@@ -53,6 +53,7 @@ _SWEPT = (
     "temperature",
     "entropy_weight",
     "weights_from",
+    "mask_fraction",
     "logit_dtype",
     "optimizer",
     "loss",

@@ -15,6 +15,12 @@ Methods (``k:m`` on every Linear of the model except the output head):
 | ``<one-shot>+ft`` | one-shot, fixed | trained under the mask |
 | ``dpp-mask`` | DPP from ``prior``, learned | frozen (mask-only, the MaskLLM regime) |
 | ``dpp-joint`` | DPP from ``prior``, learned | trained jointly |
+| ``dpp-mask+ft`` | DPP from ``prior``, learned, then fixed | frozen, then trained under the mask |
+
+``dpp-mask+ft`` is ``dpp-mask`` for the first ``mask_fraction`` of the steps, then
+``<one-shot>+ft`` under DPP's deterministic masks (``Pruner.freeze_masks``) for the rest:
+each phase has its own warmup and cosine schedule, and the DPP noise anneals to 0 over the
+first, so the first phase is exactly ``dpp-mask`` run for that many steps.
 
 SparseGPT runs true-sequentially (each group of a block's layers calibrated on the outputs
 of the pruned layers before it, as recalibrating the whole model per layer does), with its
@@ -80,6 +86,7 @@ _SHORT = {
     "prior_strength": "strength",
     "entropy_weight": "ent",
     "weights_from": "from",
+    "mask_fraction": "maskfrac",
     "logit_dtype": "ldtype",
     "optimizer": "opt",
     "corpora": "data",
@@ -97,6 +104,7 @@ METHODS = (
     *(f"{m}+ft" for m in ONESHOT_METHODS),
     "dpp-mask",
     "dpp-joint",
+    "dpp-mask+ft",
 )
 PRIORS = ("normal", "magnitude", "wanda", "sparsegpt", "sparsegpt-saliency")
 LOSSES = ("lm", "kd")
@@ -140,6 +148,9 @@ class MaskRunConfig:
     """Scale of the z-scored prior in the initial logits (``logit_init_std``)."""
     entropy_weight: float = 0.0
     """Entropy penalty of the logits."""
+    mask_fraction: float = 0.5
+    """``dpp-mask+ft`` only: the fraction of the steps that learn the masks (weights
+    frozen); the rest fine-tune the weights under the learned masks."""
     weights_from: str = "dense"
     """DPP's starting weights: ``dense``, or ``sparsegpt`` (prior ``sparsegpt`` or
     ``sparsegpt-saliency``): the weights SparseGPT keeps take its OBS-updated values and the
@@ -193,6 +204,12 @@ class MaskRunConfig:
             )
         if not self.corpora:
             raise ConfigError("corpora: name at least one corpus")
+        if self.method == "dpp-mask+ft" and self.steps and not 0 < self.mask_steps < self.steps:
+            raise ConfigError(
+                f"dpp-mask+ft: mask_fraction {self.mask_fraction:g} of {self.steps} steps leaves "
+                "a phase without a step; give a fraction strictly between 0 and 1 and at least "
+                "2 steps"
+            )
         for key in ("steps", "batch", "seq", "eval_windows", "calibration_batches"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -211,6 +228,14 @@ class MaskRunConfig:
     @property
     def trains_weights(self) -> bool:
         return self.trains and self.method != "dpp-mask"
+
+    @property
+    def mask_steps(self) -> int:
+        """The steps that learn DPP's masks: all of them, or for ``dpp-mask+ft`` the first
+        ``round(mask_fraction * steps)``."""
+        if self.method == "dpp-mask+ft":
+            return round(self.mask_fraction * self.steps)
+        return self.steps
 
     def label(self) -> str:
         name = self.method if not self.method.startswith("dpp") else f"{self.method}-{self.prior}"
@@ -234,6 +259,8 @@ class MaskRunConfig:
                 "prior_strength",
                 "entropy_weight",
             ]
+            if self.method == "dpp-mask+ft":
+                keys.append("mask_fraction")
             if self.weights_from != "dense":
                 keys.append("weights_from")
             if self.logit_dtype != "float32":
@@ -313,7 +340,7 @@ def _common(cfg: MaskRunConfig) -> dict[str, Any]:
 
 def _dpp_schedule(cfg: MaskRunConfig) -> dict[str, Any]:
     return {
-        "noise_scale": dpp.Schedule("cosine", cfg.noise_scale, 0.0, steps=max(cfg.steps, 1)),
+        "noise_scale": dpp.Schedule("cosine", cfg.noise_scale, 0.0, steps=max(cfg.mask_steps, 1)),
         "temperature": cfg.temperature,
         "entropy_weight": cfg.entropy_weight,
     }
@@ -422,8 +449,19 @@ def _loss(cfg: MaskRunConfig, model: nn.Module, ids: torch.Tensor, teacher: nn.M
     return (target.exp() * (target - log_q)).sum(-1).mean()
 
 
-def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+def _trainable(model: nn.Module, pruner: dpp.Pruner | None) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of the model: what trains, and DPP's logits (frozen ones
+    too: they hold the masks ``dpp-mask+ft`` fine-tunes under)."""
+    logits = {id(p) for p in pruner.logits()} if pruner is not None else set()
+    return {
+        n: p.detach() for n, p in model.named_parameters() if p.requires_grad or id(p) in logits
+    }
+
+
+def _fine_tune_under_masks(pruner: dpp.Pruner) -> None:
+    """``dpp-mask+ft``'s second phase: DPP's masks fixed, the weights trained."""
+    pruner.freeze_masks()
+    pruner.unfreeze_weights()
 
 
 def _save_state(path: Path, model, optimizer, pruner, state: dict[str, Any]) -> None:
@@ -431,7 +469,7 @@ def _save_state(path: Path, model, optimizer, pruner, state: dict[str, Any]) -> 
         path,
         {
             **state,
-            "trainable": _trainable(model),
+            "trainable": _trainable(model, pruner),
             "optimizer": optimizer.state_dict(),
             "pruner": pruner.state_dict() if pruner is not None else {},
             "rng": capture_rng(),
@@ -439,7 +477,8 @@ def _save_state(path: Path, model, optimizer, pruner, state: dict[str, Any]) -> 
     )
 
 
-def _restore_state(path: Path, cfg: MaskRunConfig, model, optimizer, pruner) -> dict[str, Any]:
+def _load_state(path: Path, cfg: MaskRunConfig) -> dict[str, Any]:
+    """A checkpoint of this run, refused when it was written with other settings."""
     state = load_checkpoint(path, required=("step", "trainable", "optimizer", "rng"))
     saved = state.get("config", {})
     changed = sorted(k for k in cfg.identity() if saved.get(k) != _jsonable(getattr(cfg, k)))
@@ -448,15 +487,19 @@ def _restore_state(path: Path, cfg: MaskRunConfig, model, optimizer, pruner) -> 
             f"{path} was written by a run with other settings ({', '.join(changed)} differ): "
             "resume with the same settings, or delete it to start over"
         )
+    return state
+
+
+def _restore_state(state: dict[str, Any], model, optimizer, pruner) -> None:
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, value in state["trainable"].items():
             params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
     if pruner is not None:
         pruner.load_state_dict(state["pruner"])
     restore_rng(state["rng"])
-    return state
 
 
 def _jsonable(value: Any) -> Any:
@@ -477,8 +520,6 @@ def _train(
     process's."""
     from tqdm.auto import tqdm
 
-    optimizer = _optimizer(cfg, model, pruner)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
     if cfg.grad_checkpointing:
         enable = getattr(model, "gradient_checkpointing_enable", None)
         if enable is None:
@@ -486,16 +527,25 @@ def _train(
         enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     _warn_slow_bf16(cfg, model)
     model.train()
-    warmup = max(1, cfg.steps // 20)
+    # dpp-mask+ft fine-tunes from step `switch` on: a new optimizer and schedule there.
+    switch = cfg.mask_steps if cfg.method == "dpp-mask+ft" else cfg.steps
     ckpt = out / "checkpoint.pt"
     start, curve, train_seconds = 0, [], 0.0
     machines = [machine]
-    if ckpt.exists():
-        state = _restore_state(ckpt, cfg, model, optimizer, pruner)
+    state = _load_state(ckpt, cfg) if ckpt.exists() else None
+    if state is not None:
         start, curve, train_seconds = int(state["step"]), list(state["curve"]), state["seconds"]
         # A checkpoint from before machines were recorded: its steps ran somewhere unknown.
         earlier = state.get("machines", [{"cpu": "unknown"}])
         machines = earlier if machine in earlier else [*earlier, machine]
+    if start >= switch and switch < cfg.steps:
+        _fine_tune_under_masks(pruner)
+    optimizer = _optimizer(cfg, model, pruner)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    if state is not None:
+        # A checkpoint at the switch holds the optimizer of the phase that ended there.
+        _restore_state(state, model, None if start == switch else optimizer, pruner)
+        del state
     last_masks = pruner.masks() if pruner is not None else None
     tokens_per_step = cfg.batch * data.seq
     bar = tqdm(
@@ -509,8 +559,16 @@ def _train(
     window_loss = 0.0
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
+        if step == switch and step > start:
+            _fine_tune_under_masks(pruner)
+            optimizer = _optimizer(cfg, model, pruner)
+            base_lrs = [g["lr"] for g in optimizer.param_groups]
+        # Each phase its own warmup (5% of its steps) and cosine decay to 10%.
+        first, total = (0, switch) if step < switch else (switch, cfg.steps - switch)
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = lr_at(step, lr=lr, warmup=warmup, total=cfg.steps, min_ratio=0.1)
+            group["lr"] = lr_at(
+                step - first, lr=lr, warmup=max(1, total // 20), total=total, min_ratio=0.1
+            )
         ids = data.train_batch(step=step, seed=10_000 + cfg.seed, batch=cfg.batch)
         ids = ids.to(cfg.device)
         optimizer.zero_grad(set_to_none=True)
