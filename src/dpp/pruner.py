@@ -353,7 +353,8 @@ class Pruner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the schedule position saved by :meth:`state_dict`."""
+        """Restore the schedule position saved by :meth:`state_dict`, and freeze the masks
+        when they were frozen (a pruner's masks are never unfrozen by it)."""
         self._check_live("load_state_dict")
         saved = state.get("config")
         if saved is not None:
