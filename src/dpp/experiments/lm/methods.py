@@ -527,8 +527,9 @@ def _train(
         enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     _warn_slow_bf16(cfg, model)
     model.train()
-    # dpp-mask+ft fine-tunes from step `switch` on: a new optimizer and schedule there.
-    switch = cfg.mask_steps if cfg.method == "dpp-mask+ft" else cfg.steps
+    # dpp-mask+ft fine-tunes from step `switch` on: a new optimizer and schedule there
+    # (every other method: switch == cfg.steps, never reached).
+    switch = cfg.mask_steps
     ckpt = out / "checkpoint.pt"
     start, curve, train_seconds = 0, [], 0.0
     machines = [machine]
