@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -26,14 +28,32 @@ FILE_SETTINGS = (
 )
 
 
+# ``python -m dpp``'s entry point, then the names of the threads still alive (Linux's
+# /proc/self/task) as the interpreter is about to shut down.
+ENTRY_THEN_THREADS = """
+import os, sys
+from dpp.experiments.cli import main
+code = main(sys.argv[1:])
+tasks = "/proc/self/task"
+names = None
+if os.path.isdir(tasks):
+    names = [open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)]
+print(f"threads at exit of rank {os.environ['RANK']}: {names}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """``torchrun --nproc_per_node=2 -m dpp train`` for one epoch: (output dir, process)."""
+    """``torchrun --nproc_per_node=2`` of dpp's ``train`` command for one epoch: (output dir,
+    process)."""
     tmp = tmp_path_factory.mktemp("ddp")
     config = write_config(tmp / "digits.yaml", *FILE_SETTINGS)
     out_dir = tmp / "runs"
+    entry = tmp / "dpp_entry.py"
+    entry.write_text(ENTRY_THEN_THREADS)
     torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
-    cmd = [sys.executable, *torchrun, "-m", "dpp", *train_argv(config, out_dir)]
+    cmd = [sys.executable, *torchrun, str(entry), *train_argv(config, out_dir)]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=subprocess_env(), cwd=tmp, timeout=240
     )
@@ -49,6 +69,18 @@ def test_only_rank_0_writes_one_run_directory(ddp_run):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records] == ["epoch", "final"]
     assert proc.stdout.count("run directory:") == 1  # only rank 0 logs
+
+
+def test_no_gloo_thread_is_left_for_interpreter_shutdown(ddp_run):
+    """Every rank joins the process group's worker threads before exit: live gloo threads
+    at interpreter shutdown intermittently abort a rank (SIGABRT, exit code -6)."""
+    _, proc = ddp_run
+    lines = re.findall(r"threads at exit of rank (\d+): (.*)", proc.stderr)
+    assert sorted(int(rank) for rank, _ in lines) == list(range(WORLD)), proc.stderr
+    if any(names == "None" for _, names in lines):
+        pytest.skip("no /proc/self/task here to list a process's threads")
+    for rank, names in lines:
+        assert not [n for n in ast.literal_eval(names) if "gloo" in n], f"rank {rank}: {names}"
 
 
 def test_ranks_agree_on_weights_and_draw_their_own_masks(ddp_run):

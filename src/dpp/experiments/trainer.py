@@ -14,6 +14,7 @@ while DDP keeps weights and logits synchronised; only rank 0 logs and writes fil
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import re
@@ -61,6 +62,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this run created the process group, so it destroys it
 
     @property
     def enabled(self) -> bool:
@@ -78,9 +80,16 @@ def _init_distributed(device_pref: str) -> DistContext:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     use_cuda = device_pref != "cpu" and torch.cuda.is_available()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistContext(rank, world, local_rank)
+    if dist.is_initialized():
+        return DistContext(rank, world, local_rank)
+    # DistributedDataParallel imports torch._dynamo on first use. Imported while a process
+    # group exists, torch 2.13 keeps a reference to that group, so destroy_process_group
+    # cannot join gloo's worker threads: they are still alive when the interpreter shuts
+    # down, and a rank then intermittently aborts at exit ("terminate called without an
+    # active exception", exit code -6). Imported first, the group is freed on destroy.
+    importlib.import_module("torch._dynamo")
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistContext(rank, world, local_rank, owns_group=True)
 
 
 def _device(pref: str, ctx: DistContext, key: str = "train.device") -> torch.device:
@@ -602,7 +611,8 @@ def train(
             if ctx.main and out_dir is not None:
                 write_json(out_dir / "summary.json", summary)
         dist.barrier()
-        dist.destroy_process_group()
+        if ctx.owns_group:
+            dist.destroy_process_group()
     return RunResult(out_dir, history, summary, model)
 
 
