@@ -8,7 +8,8 @@ function of the seed and the epoch only.
 
 Launched by ``torchrun`` (``WORLD_SIZE > 1``) it trains with DistributedDataParallel: gloo
 on the CPU, nccl on GPUs; every rank draws its own masks (its RNG is seeded with its rank)
-while DDP keeps weights and logits synchronised; only rank 0 logs and writes files.
+while DDP keeps weights and logits synchronised; only rank 0 logs and writes files. It
+creates the process group unless the caller already has, and destroys only one it created.
 """
 
 from __future__ import annotations
