@@ -72,8 +72,8 @@ def test_only_rank_0_writes_one_run_directory(ddp_run):
 
 
 def test_no_gloo_thread_is_left_for_interpreter_shutdown(ddp_run):
-    """Every rank joins the process group's worker threads before exit: live gloo threads
-    at interpreter shutdown intermittently abort a rank (SIGABRT, exit code -6)."""
+    """Every rank joins the process group's worker threads before exit (live gloo threads at
+    interpreter shutdown are the likely cause of a rank's intermittent SIGABRT at exit)."""
     _, proc = ddp_run
     lines = re.findall(r"threads at exit of rank (\d+): (.*)", proc.stderr)
     assert sorted(int(rank) for rank, _ in lines) == list(range(WORLD)), proc.stderr

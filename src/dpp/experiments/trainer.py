@@ -86,8 +86,9 @@ def _init_distributed(device_pref: str) -> DistContext:
     # DistributedDataParallel imports torch._dynamo on first use. Imported while a process
     # group exists, torch 2.13 keeps a reference to that group, so destroy_process_group
     # cannot join gloo's worker threads: they are still alive when the interpreter shuts
-    # down, and a rank then intermittently aborts at exit ("terminate called without an
-    # active exception", exit code -6). Imported first, the group is freed on destroy.
+    # down, the likely cause of a rank's intermittent abort at exit seen under load
+    # ("terminate called without an active exception", exit code -6). Imported first, the
+    # group is freed on destroy (tests/test_distributed.py checks the threads are gone).
     importlib.import_module("torch._dynamo")
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistContext(rank, world, local_rank, owns_group=True)
