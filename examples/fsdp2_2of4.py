@@ -16,6 +16,7 @@ GPUs). The order matters:
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -43,6 +44,16 @@ CONFIG = LlamaConfig(
 def main(out_dir: str, steps: int = 4) -> None:
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        train_and_save(out_dir, steps, cuda)
+    finally:
+        # Every sharded tensor has died with train_and_save's frame; torch's own caches
+        # are emptied before the group goes, so that the group goes with it.
+        release_dtensor_caches()
+        dist.destroy_process_group()
+
+
+def train_and_save(out_dir: str, steps: int, cuda: bool) -> None:
     rank = dist.get_rank()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else None
     torch.manual_seed(0)  # the same dense model on every rank
@@ -71,7 +82,34 @@ def main(out_dir: str, steps: int = 4) -> None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         torch.save(state, Path(out_dir) / "pruned_state_dict.pt")
         print(f"rank 0 wrote {len(state)} tensors, loss {loss.item():.4f}")
-    dist.destroy_process_group()
+
+
+def release_dtensor_caches() -> None:
+    """Empty torch's DTensor caches before ``destroy_process_group``.
+
+    In torch 2.13 four process-wide caches keep the device mesh of the sharded tensors
+    they have seen (the C++ sharding-propagation cache, the redistribute planners, the
+    transform plans and the mesh topology), and the mesh keeps its process group:
+    destroying the group then leaves gloo's worker threads running until interpreter
+    shutdown, where a rank can abort ("terminate called without an active exception").
+    Each is emptied where this torch has it, then reference cycles (a sharded module and
+    its hooks) are collected.
+    """
+    from torch.distributed.tensor import _collective_utils, _redistribute
+
+    for clear in (
+        getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", None),
+        getattr(_redistribute, "clear_redistribute_planner_cache", None),
+        getattr(getattr(_redistribute, "_gen_transform_infos", None), "cache_clear", None),
+        getattr(
+            getattr(getattr(_collective_utils, "MeshTopoInfo", None), "build_from_mesh", None),
+            "cache_clear",
+            None,
+        ),
+    ):
+        if clear is not None:
+            clear()
+    gc.collect()
 
 
 if __name__ == "__main__":

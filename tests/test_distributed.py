@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import math
-import re
 import subprocess
 import sys
 
@@ -15,6 +13,7 @@ from digits_runs import subprocess_env, train_argv, write_config
 from dpp.experiments.data import load_dataset
 from dpp.experiments.errors import ResumeError
 from dpp.experiments.trainer import train
+from exit_threads import PRINT_THREADS_AT_EXIT, assert_no_gloo_thread_at_exit
 
 pytestmark = pytest.mark.slow  # two processes under torchrun
 
@@ -28,17 +27,12 @@ FILE_SETTINGS = (
 )
 
 
-# ``python -m dpp``'s entry point, then the names of the threads still alive (Linux's
-# /proc/self/task) as the interpreter is about to shut down.
-ENTRY_THEN_THREADS = """
-import os, sys
+# ``python -m dpp``'s entry point, then the threads still alive at exit.
+ENTRY_THEN_THREADS = f"""
+import sys
 from dpp.experiments.cli import main
 code = main(sys.argv[1:])
-tasks = "/proc/self/task"
-names = None
-if os.path.isdir(tasks):
-    names = [open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)]
-print(f"threads at exit of rank {os.environ['RANK']}: {names}", file=sys.stderr)
+{PRINT_THREADS_AT_EXIT}
 sys.exit(code)
 """
 
@@ -75,12 +69,7 @@ def test_no_gloo_thread_is_left_for_interpreter_shutdown(ddp_run):
     """Every rank joins the process group's worker threads before exit (live gloo threads at
     interpreter shutdown are the likely cause of a rank's intermittent SIGABRT at exit)."""
     _, proc = ddp_run
-    lines = re.findall(r"threads at exit of rank (\d+): (.*)", proc.stderr)
-    assert sorted(int(rank) for rank, _ in lines) == list(range(WORLD)), proc.stderr
-    if any(names == "None" for _, names in lines):
-        pytest.skip("no /proc/self/task here to list a process's threads")
-    for rank, names in lines:
-        assert not [n for n in ast.literal_eval(names) if "gloo" in n], f"rank {rank}: {names}"
+    assert_no_gloo_thread_at_exit(proc.stderr, WORLD)
 
 
 def test_ranks_agree_on_weights_and_draw_their_own_masks(ddp_run):

@@ -10,13 +10,39 @@ import pytest
 import torch
 
 from digits_runs import subprocess_env
+from exit_threads import PRINT_THREADS_AT_EXIT, assert_no_gloo_thread_at_exit
 
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # two processes under torchrun
 ROOT = Path(__file__).resolve().parents[1]
+WORLD = 2
+
+# The recipe's main(), then the threads still alive at exit.
+ENTRY_THEN_THREADS = f"""
+import sys
+sys.path.insert(0, {str(ROOT / "examples")!r})
+from fsdp2_2of4 import main
+main(sys.argv[1])
+{PRINT_THREADS_AT_EXIT}
+"""
 
 
-@pytest.mark.slow
-def test_fsdp2_recipe_gives_a_dense_architecture_state_dict_with_2_of_4_weights(tmp_path):
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """``torchrun --nproc_per_node=2`` of examples/fsdp2_2of4.py: (output dir, process)."""
+    tmp = tmp_path_factory.mktemp("fsdp")
+    entry = tmp / "fsdp_entry.py"
+    entry.write_text(ENTRY_THEN_THREADS)
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
+    cmd = [sys.executable, *torchrun, str(entry), str(tmp / "out")]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=subprocess_env(), cwd=tmp, timeout=240
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return tmp / "out", proc
+
+
+def test_fsdp2_recipe_gives_a_dense_architecture_state_dict_with_2_of_4_weights(fsdp_run):
     """prune -> fully_shard -> train -> finalize -> full state dict: it loads strictly into
     the dense Llama, every block projection keeps at most 2 of every 4 inputs, and training
     moved the weights."""
@@ -27,21 +53,8 @@ def test_fsdp2_recipe_gives_a_dense_architecture_state_dict_with_2_of_4_weights(
         from fsdp2_2of4 import CONFIG
     finally:
         sys.path.pop(0)
-    env = subprocess_env()
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "examples" / "fsdp2_2of4.py"),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240, check=False
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    state = torch.load(tmp_path / "pruned_state_dict.pt", weights_only=True)
+    out_dir, _ = fsdp_run
+    state = torch.load(out_dir / "pruned_state_dict.pt", weights_only=True)
     torch.manual_seed(0)
     dense = LlamaForCausalLM(CONFIG)
     initial = {k: v.clone() for k, v in dense.state_dict().items()}
@@ -52,3 +65,9 @@ def test_fsdp2_recipe_gives_a_dense_architecture_state_dict_with_2_of_4_weights(
         kept = (state[key].reshape(-1, 4) != 0).sum(-1)
         assert int(kept.max()) <= 2, key
     assert not torch.equal(state["lm_head.weight"], initial["lm_head.weight"])
+
+
+def test_fsdp2_recipe_leaves_no_gloo_thread_for_interpreter_shutdown(fsdp_run):
+    """Every rank of the recipe joins the process group's worker threads before exit."""
+    _, proc = fsdp_run
+    assert_no_gloo_thread_at_exit(proc.stderr, WORLD)
