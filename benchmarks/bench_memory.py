@@ -19,6 +19,8 @@ Variants (each in a fresh subprocess, so that one variant's peak is its own):
 - ``...+bf16``: logits stored in bfloat16 (``logit_dtype``), AdamW on them;
 - ``...+opt``: the pruner's recommended optimizer (``pruner.optimizer()``: compact Adam on
   the logits, AdamW on the weights);
+- ``...+keep``: the sampler keeps its float32 scores for the backward instead of drawing
+  the noise again there (``keep_scores``);
 - ``dpp-mask-compact`` / ``dpp-joint-compact``: ``+bf16+opt``.
 
 Every child process builds the model, records its resident set (``VmRSS``) after loading
@@ -224,6 +226,8 @@ def setup(variant: str, model: nn.Module, lr: float = 1e-4, logit_lr: float = 5e
     options = {}
     if "bf16" in flags:
         options["logit_dtype"] = "bfloat16"
+    if "keep" in flags:
+        options["keep_scores"] = True
     pruner = dpp.prune(
         model,
         granularity="block",

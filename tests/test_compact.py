@@ -95,6 +95,62 @@ def test_replayed_noise_gradient_equals_saved_noise_gradient():
     assert torch.equal(mask, held) and torch.equal(replayed, saved)
 
 
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct non-parameter tensors autograd saves while ``fn`` runs."""
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.nn.Parameter) and not t.requires_grad:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved.values())
+
+
+def test_keep_scores_gives_the_redrawn_mask_and_gradient_and_keeps_the_scores():
+    """keep_scores=True: the same mask and gradient, bit for bit, as the default redraw,
+    with the float32 scores (4 bytes per candidate) saved for the backward."""
+    logits = torch.randn(512, 4).requires_grad_()
+    g = torch.randn(512, 4)
+    grads, masks, nbytes = [], [], []
+    for keep in (False, True):
+        out = []
+
+        def draw(keep=keep, out=out) -> None:
+            gen = torch.Generator().manual_seed(3)
+            out.append(dpp.gumbel_topk(logits, 2, noise_scale=0.3, generator=gen, keep_scores=keep))
+
+        nbytes.append(_saved_bytes(draw))
+        masks.append(out[0])
+        grads.append(torch.autograd.grad(out[0], logits, g)[0])
+    assert torch.equal(masks[0], masks[1]) and torch.equal(grads[0], grads[1])
+    assert nbytes[1] - nbytes[0] >= 4 * logits.numel()
+
+
+def test_keep_scores_reaches_every_mask_and_trains_the_same():
+    """DPPConfig(keep_scores=True) sets every learned N:M mask to keep its scores, and a
+    training step gives the default config's logit gradients exactly; it round-trips through
+    to_dict, and a non-bool is refused."""
+    grads = []
+    for keep in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 4))
+        cfg = dpp.DPPConfig(granularity="block", block_size=4, k=2, keep_scores=keep)
+        pruner = dpp.prune(model, cfg)
+        masks = [m for _, m in pruner._sources()]
+        assert masks and all(m.keep_scores is keep for m in masks)
+        torch.manual_seed(1)
+        model(torch.randn(5, 16)).square().sum().backward()
+        grads.append([m.logits.grad.clone() for m in masks])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    cfg = dpp.DPPConfig(keep_scores=True)
+    assert dpp.DPPConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(TypeError, match="keep_scores"):
+        dpp.DPPConfig(keep_scores="yes")
+
+
 def test_replay_uses_global_rng_state():
     """Without a generator the draw replays torch's global RNG state and leaves it where a
     draw leaves it (the backward does not advance it)."""

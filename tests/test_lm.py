@@ -372,7 +372,8 @@ def test_shipped_lm_grids_are_valid(path):
 
 def test_settings_that_change_the_numbers_are_part_of_a_runs_identity():
     """Windows, corpora, calibration and validation sizes, loss and bf16 change a run's
-    directory; where it runs and gradient checkpointing do not."""
+    directory; where it runs, gradient checkpointing and keeping the sampler's scores do
+    not."""
     base = MaskRunConfig(model="d", method="dpp-mask")
     for change in (
         {"seq": 64},
@@ -383,7 +384,7 @@ def test_settings_that_change_the_numbers_are_part_of_a_runs_identity():
         {"bf16": True},
     ):
         assert replace(base, **change).run_name() != base.run_name(), change
-    for change in ({"device": "cuda"}, {"grad_checkpointing": True}):
+    for change in ({"device": "cuda"}, {"grad_checkpointing": True}, {"keep_scores": True}):
         assert replace(base, **change).run_name() == base.run_name(), change
     both = replace(base, method="dpp-mask+ft")
     assert replace(both, mask_fraction=0.25).run_name() != both.run_name()

@@ -119,6 +119,32 @@ def test_an_interrupted_run_resumes_to_the_same_result(
     assert a == json.loads((tmp_path / "resumed" / "model" / "config.json").read_text())
 
 
+def test_keep_scores_reaches_the_pruner_and_gives_the_same_run(tmp_path, setting, monkeypatch):
+    """keep_scores=True (scores kept for backward, not redrawn) prunes with
+    DPPConfig(keep_scores=True) and ends with exactly the default run's losses and masks."""
+    from safetensors.torch import load_file
+
+    import dpp
+
+    seen = []
+    prune = dpp.prune
+
+    def recording_prune(*args, **kwargs):
+        pruner = prune(*args, **kwargs)
+        seen.append(pruner.config.keep_scores)
+        return pruner
+
+    monkeypatch.setattr(dpp, "prune", recording_prune)
+    cfg = MaskRunConfig(method="dpp-joint", steps=4, bf16=True, **setting)
+    default = run_method(cfg, tmp_path / "default")
+    kept = run_method(replace(cfg, keep_scores=True), tmp_path / "kept")
+    assert seen == [False, True]
+    assert kept["val"] == default["val"] and kept["curve"] == default["curve"]
+    a = load_file(tmp_path / "default" / "masks.safetensors")
+    b = load_file(tmp_path / "kept" / "masks.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_dpp_mask_then_ft_learns_the_masks_of_dpp_mask_then_trains_weights_under_them(
     tmp_path, setting
 ):

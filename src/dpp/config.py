@@ -147,6 +147,12 @@ class DPPConfig:
             (the default), ``"bfloat16"`` or ``"float16"`` (2 bytes per candidate instead
             of 4, for large models; the sampler computes in float32 either way, and
             :meth:`Pruner.optimizer` updates 16-bit logits with stochastic rounding).
+        keep_scores: keep every N:M draw's float32 scores for the backward pass (4 bytes
+            per pruned weight while a step runs) instead of drawing its Gumbel noise again
+            there from the generator's saved state (the default). The masks and gradients
+            are the same, bit for bit; keeping is faster where noise is slow to draw (CPUs,
+            docs/benchmarks.md), redrawing saves the memory (large models, GPUs). Other
+            granularities keep their scores either way.
 
     Example:
         >>> import dpp
@@ -173,6 +179,7 @@ class DPPConfig:
     activation_bits: int | None = None
     resample_every: int = 1
     logit_dtype: str = "float32"
+    keep_scores: bool = False
 
     def __post_init__(self) -> None:
         self.temperature = Schedule.coerce(self.temperature, "temperature")
@@ -234,6 +241,8 @@ class DPPConfig:
             raise ValueError(
                 f"resample_every must be an int >= 1 (1: a fresh mask every step), got {every!r}"
             )
+        if not isinstance(self.keep_scores, bool):
+            raise TypeError(f"keep_scores must be true or false, got {self.keep_scores!r}")
         if self.logit_dtype not in LOGIT_DTYPES:
             raise ValueError(
                 f"logit_dtype must be one of {', '.join(LOGIT_DTYPES)}, got {self.logit_dtype!r}"

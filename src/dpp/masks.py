@@ -83,7 +83,8 @@ class DPPMask(MaskSource):
 
     ``tau``, ``noise_scale`` and ``current_k`` (the target ``layout.k``, or more while a
     sparsity ramp is under way) are set by the :class:`~dpp.Pruner` at every ``step()``,
-    and so are ``resample_every`` and ``draw_index`` (``step // resample_every``). With
+    and so are ``resample_every``, ``draw_index`` (``step // resample_every``) and
+    ``keep_scores`` (:class:`~dpp.DPPConfig`). With
     ``resample_every = 1`` every training forward call draws a fresh mask; with ``M > 1``
     one draw (its noise and its kept indices) is held while ``draw_index`` and ``k`` stay
     the same, and the logits get the relaxed gradient of the held draw at their current
@@ -124,6 +125,8 @@ class DPPMask(MaskSource):
         # The k of this step: layout.k, or more while a sparsity ramp is under way.
         self.current_k = layout.k
         self.resample_every = 1
+        # Keep each draw's scores for backward instead of redrawing its noise there.
+        self.keep_scores = False
         self.draw_index = 0
         # (draw_index, k, noise [num_groups, n], indices [num_groups, k]) of the held draw.
         self._held: tuple[int, int, Tensor, Tensor] | None = None
@@ -149,6 +152,7 @@ class DPPMask(MaskSource):
                 tau=self.tau,
                 noise_scale=self.noise_scale,
                 generator=self.generator,
+                keep_scores=getattr(self, "keep_scores", False),  # pickled before the flag
             )
         held = self._held
         if (

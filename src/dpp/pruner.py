@@ -258,6 +258,7 @@ class Pruner:
             source.noise_scale = beta
             # resample_every = M: the draw is held while step // M stays the same.
             source.resample_every = self.config.resample_every
+            source.keep_scores = self.config.keep_scores
             source.draw_index = self._step // self.config.resample_every
             lay = source.layout
             source.current_k = lay.k if ramp >= 1 else math.ceil(lay.n - ramp * (lay.n - lay.k))

@@ -475,6 +475,7 @@ def gumbel_topk(
     noise_scale: float = 1.0,
     hard: bool = True,
     generator: torch.Generator | None = None,
+    keep_scores: bool = False,
 ) -> Tensor:
     """Draw a k-hot mask per row with the Gumbel top-k trick, straight-through.
 
@@ -492,6 +493,12 @@ def gumbel_topk(
             :func:`relaxed_topk` on the same perturbed scores; ``False`` returns the
             relaxed mask itself.
         generator: optional ``torch.Generator`` for the noise (default: torch's global RNG).
+        keep_scores: keep the perturbed float32 scores for the backward pass (4 bytes per
+            candidate) instead of drawing the noise again there from the generator's saved
+            state. Only hard draws of groups of at most ``SMALL_GROUP_MAX_N`` candidates
+            (N:M blocks) redraw; other draws keep their scores either way. The mask and its
+            gradient are the same, bit for bit; keeping is faster where noise is slow to
+            draw (CPUs), redrawing saves the memory.
 
     Returns:
         ``[..., n]`` tensor of ``logits.dtype``; each row holds exactly ``k`` ones when
@@ -511,7 +518,13 @@ def gumbel_topk(
     noise = replay = None
     if noise_scale > 0:
         small = logits.shape[-1] <= SMALL_GROUP_MAX_N
-        if hard and small and logits.requires_grad and not torch.compiler.is_compiling():
+        if (
+            hard
+            and small
+            and not keep_scores
+            and logits.requires_grad
+            and not torch.compiler.is_compiling()
+        ):
             # Small groups keep no float32 scores for backward: it draws the noise again.
             replay = _generator_state(logits.device, generator)
         noise = gumbel_noise(

@@ -67,6 +67,7 @@ _COMMON = (
     "corpora",
     "bf16",
     "grad_checkpointing",
+    "keep_scores",
     "eval_windows",
     "calibration_batches",
     "checkpoint_every",
@@ -152,7 +153,16 @@ def run_command(cfg: MaskRunConfig, output_dir: str | Path = "results/lm") -> st
     parts = [f"dpp lm run --model {cfg.model} --method {cfg.method}", f"--pattern {cfg.k}:{cfg.m}"]
     skip = {"model", "method", "k", "m", "seed"}
     if not cfg.trains:  # what only training uses
-        skip |= {"steps", "batch", "lr", "loss", "bf16", "grad_checkpointing", "checkpoint_every"}
+        skip |= {
+            "steps",
+            "batch",
+            "lr",
+            "loss",
+            "bf16",
+            "grad_checkpointing",
+            "keep_scores",
+            "checkpoint_every",
+        }
     for f in dataclasses.fields(MaskRunConfig):
         key, value = f.name, getattr(cfg, f.name)
         if key in skip or value == getattr(default, key):
