@@ -411,3 +411,18 @@ def test_the_best_setting_is_judged_on_the_seeds_every_setting_has(tmp_path):
         (out_dir / "result.json").write_text(json.dumps({**result, "tokens": 8}))
     row = next(line for line in results_table(grid).splitlines() if line.startswith("| dpp-mask"))
     assert "| steps 2 |" in row and "| 3 |" in row  # logit lr 0.05 (the default), 3 seeds
+
+
+def test_lm_prune_help_gives_each_flag_its_field_doc_and_the_commands_own_defaults(capsys):
+    """`dpp lm prune --help` explains every run setting with its field's docstring, and shows
+    the defaults prune uses (4 windows a step, both corpora), not the benchmark's."""
+    from dpp.experiments.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["lm", "prune", "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Windows per step. (default 4)" in text
+    assert "(default cpython-stdlib,python-docs)" in text
+    assert "--keep-scores, --no-keep-scores DPP: keep each draw's float32 scores" in text
+    assert "evaluation stays in float32. (default off)" in text

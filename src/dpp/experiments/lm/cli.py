@@ -8,9 +8,13 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import itertools
 import json
 import math
+import textwrap
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -42,27 +46,59 @@ def _corpora(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _add_fields(parser: argparse.ArgumentParser, *classes: type, skip: set[str] = frozenset()):
+def _field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring (the string literal under it), on one line."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):  # no source at hand: flags without their docs
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, doc in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant)
+            and isinstance(doc.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(doc.value.value.replace("``", "").split())
+    return docs
+
+
+def _add_fields(
+    parser: argparse.ArgumentParser,
+    *classes: type,
+    skip: set[str] = frozenset(),
+    defaults: dict[str, Any] | None = None,
+):
     """One ``--flag`` per dataclass field with a plain default (type from the default;
-    ``--x/--no-x`` for a bool, a comma-separated list for a tuple)."""
+    ``--x/--no-x`` for a bool, a comma-separated list for a tuple), its help the field's
+    docstring and its default; ``defaults`` replaces a field's default for this command."""
+    defaults = defaults or {}
     for cls in classes:
+        docs = _field_docs(cls)
         for f in fields(cls):
-            value = f.default
+            value = defaults.get(f.name, f.default)
             if f.name in skip:
                 continue
             flag = f"--{f.name.replace('_', '-')}"
             if isinstance(value, bool):
+                shown = "on" if value else "off"
+            elif isinstance(value, tuple):
+                shown = ",".join(value)
+            else:
+                shown = str(value)
+            text = f"{docs[f.name]} " if f.name in docs else ""
+            help_text = f"{text}(default {shown or 'empty'})".replace("%", "%%")
+            if isinstance(value, bool):
                 parser.add_argument(
-                    flag, action=argparse.BooleanOptionalAction, default=value, help=""
+                    flag, action=argparse.BooleanOptionalAction, default=value, help=help_text
                 )
             elif isinstance(value, tuple):
-                parser.add_argument(
-                    flag, type=_corpora, default=value, help=f"comma-separated (default {value})"
-                )
+                parser.add_argument(flag, type=_corpora, default=value, help=help_text)
             elif isinstance(value, (int, float, str)):
-                parser.add_argument(
-                    flag, type=type(value), default=value, help=f"(default {value})"
-                )
+                parser.add_argument(flag, type=type(value), default=value, help=help_text)
 
 
 def _pattern(text: str) -> tuple[int, int]:
@@ -209,8 +245,13 @@ def _add_commands(sub: Any) -> None:
     p.add_argument("--tokens", type=int, default=250_000, help="training tokens (default 250000)")
     p.add_argument("--out", required=True, help="the run directory (resumes when interrupted)")
     p.add_argument("--seed", type=int, default=0)
-    _add_fields(p, MaskRunConfig, skip=_SKIPPED | {"steps"})
-    p.set_defaults(func=_prune, batch=4, corpora=("cpython-stdlib", "python-docs"))
+    _add_fields(
+        p,
+        MaskRunConfig,
+        skip=_SKIPPED | {"steps"},
+        defaults={"batch": 4, "corpora": ("cpython-stdlib", "python-docs")},
+    )
+    p.set_defaults(func=_prune)
 
     p = sub.add_parser("eval", help="validation loss and perplexity of any local causal LM")
     p.add_argument("--model", required=True, help="save_pretrained dir, .gguf file, or run dir")
