@@ -212,7 +212,7 @@ def setup(variant: str, model: nn.Module, lr: float = 1e-4, logit_lr: float = 5e
     """``(pruner or None, optimizer or None)`` of a variant; the model is changed in place."""
     base, *flags = variant.split("+")
     if base.endswith("-compact"):
-        base, flags = base[: -len("-compact")], ["bf16", "opt"]
+        base, flags = base[: -len("-compact")], ["bf16", "opt", *flags]
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("model.layers.") and base != "dense-frozen")
     if base == "dense-frozen":

@@ -130,25 +130,46 @@ def test_keep_scores_gives_the_redrawn_mask_and_gradient_and_keeps_the_scores():
 
 
 def test_keep_scores_reaches_every_mask_and_trains_the_same():
-    """DPPConfig(keep_scores=True) sets every learned N:M mask to keep its scores, and a
-    training step gives the default config's logit gradients exactly; it round-trips through
-    to_dict, and a non-bool is refused."""
-    grads = []
+    """DPPConfig(keep_scores=True) has every learned N:M mask keep its float32 scores for the
+    backward (4 bytes per logit more saved), and a training step gives the default config's
+    logit gradients exactly; it round-trips through to_dict, and a non-bool is refused."""
+    grads, nbytes = [], []
     for keep in (False, True):
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 4))
+        model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 8))
         cfg = dpp.DPPConfig(granularity="block", block_size=4, k=2, keep_scores=keep)
         pruner = dpp.prune(model, cfg)
         masks = [m for _, m in pruner._sources()]
         assert masks and all(m.keep_scores is keep for m in masks)
         torch.manual_seed(1)
-        model(torch.randn(5, 16)).square().sum().backward()
+        x = torch.randn(5, 64)
+        out = []
+        nbytes.append(_saved_bytes(lambda x=x, out=out, model=model: out.append(model(x))))
+        out[0].square().sum().backward()
         grads.append([m.logits.grad.clone() for m in masks])
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    assert nbytes[1] - nbytes[0] >= 4 * sum(m.logits.numel() for m in masks)
     cfg = dpp.DPPConfig(keep_scores=True)
     assert dpp.DPPConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(TypeError, match="keep_scores"):
         dpp.DPPConfig(keep_scores="yes")
+
+
+def test_a_pruner_state_resumes_with_keep_scores_set_either_way():
+    """keep_scores changes no number, so a pruner state saved with one setting loads into a
+    pruner with the other; a setting that does change the numbers is still refused."""
+
+    def pruned(**options):
+        model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+        return dpp.prune(model, granularity="block", block_size=4, k=2, **options)
+
+    state = pruned().state_dict()
+    state["step"] = 3
+    kept = pruned(keep_scores=True)
+    kept.load_state_dict(state)
+    assert kept.current_step == 3 and kept.config.keep_scores is True
+    with pytest.raises(ValueError, match="different DPP config"):
+        pruned(noise_scale=1.0).load_state_dict(state)
 
 
 def test_replay_uses_global_rng_state():

@@ -151,8 +151,9 @@ class DPPConfig:
             per pruned weight while a step runs) instead of drawing its Gumbel noise again
             there from the generator's saved state (the default). The masks and gradients
             are the same, bit for bit; keeping is faster where noise is slow to draw (CPUs,
-            docs/benchmarks.md), redrawing saves the memory (large models, GPUs). Other
-            granularities keep their scores either way.
+            docs/benchmarks.md), redrawing saves the memory (large models, GPUs); a saved
+            pruner state loads with either setting. Other granularities keep their scores
+            either way.
 
     Example:
         >>> import dpp

@@ -207,6 +207,11 @@ def _nothing_selected(
     return msg
 
 
+# DPPConfig fields that change neither a draw nor its gradient, bit for bit: a saved pruner
+# state loads into a pruner that sets them otherwise.
+_SAME_NUMBERS = ("keep_scores",)
+
+
 class Pruner:
     """Handle on a model pruned with :func:`prune`: schedules, losses, masks, finalize.
 
@@ -358,10 +363,16 @@ class Pruner:
         when they were frozen (a pruner's masks are never unfrozen by it)."""
         self._check_live("load_state_dict")
         saved = state.get("config")
+        current = self.config.to_dict()
         if saved is not None:
-            # Fill keys added since the state was saved with their defaults before comparing.
+            # Fill keys added since the state was saved with their defaults before comparing,
+            # and leave out what does not change the numbers (keep_scores: memory against
+            # time, the same masks and gradients), so a run resumes with either.
             saved = DPPConfig.from_dict(saved).to_dict()
-        if saved is not None and saved != self.config.to_dict():
+            for key in _SAME_NUMBERS:
+                saved.pop(key, None)
+                current.pop(key, None)
+        if saved is not None and saved != current:
             raise ValueError(
                 "the saved pruner state comes from a different DPP config; build the pruner "
                 f"with the saved config (DPPConfig.from_dict(state['config'])). Saved: {saved}"

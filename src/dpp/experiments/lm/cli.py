@@ -14,6 +14,8 @@ import inspect
 import itertools
 import json
 import math
+import re
+import sys
 import textwrap
 from dataclasses import fields
 from pathlib import Path
@@ -46,6 +48,10 @@ def _corpora(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+# A Sphinx cross-reference, :role:`~module.name` or :role:`name`: its last dotted part.
+_ROLE = re.compile(r":\w+:`(~?)([^`]+)`")
+
+
 def _field_docs(cls: type) -> dict[str, str]:
     """Each dataclass field's docstring (the string literal under it), on one line."""
     try:
@@ -62,7 +68,8 @@ def _field_docs(cls: type) -> dict[str, str]:
             and isinstance(doc.value, ast.Constant)
             and isinstance(doc.value.value, str)
         ):
-            docs[node.target.id] = " ".join(doc.value.value.replace("``", "").split())
+            text = _ROLE.sub(lambda m: m.group(2).split(".")[-1], doc.value.value)
+            docs[node.target.id] = " ".join(text.replace("``", "").split())
     return docs
 
 
@@ -90,7 +97,10 @@ def _add_fields(
             else:
                 shown = str(value)
             text = f"{docs[f.name]} " if f.name in docs else ""
-            help_text = f"{text}(default {shown or 'empty'})".replace("%", "%%")
+            help_text = f"{text}(default {shown or 'empty'})"
+            if isinstance(value, bool) and sys.version_info < (3, 11):
+                help_text = text.strip()  # 3.10's BooleanOptionalAction adds the default
+            help_text = help_text.replace("%", "%%")
             if isinstance(value, bool):
                 parser.add_argument(
                     flag, action=argparse.BooleanOptionalAction, default=value, help=help_text

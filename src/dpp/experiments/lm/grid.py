@@ -163,6 +163,8 @@ def run_command(cfg: MaskRunConfig, output_dir: str | Path = "results/lm") -> st
             "keep_scores",
             "checkpoint_every",
         }
+    if not cfg.method.startswith("dpp"):
+        skip.add("keep_scores")
     for f in dataclasses.fields(MaskRunConfig):
         key, value = f.name, getattr(cfg, f.name)
         if key in skip or value == getattr(default, key):

@@ -339,8 +339,8 @@ def _common(cfg: MaskRunConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"granularity": "block", "block_size": cfg.m, "k": cfg.k}
     if cfg.method.startswith("dpp") and cfg.logit_dtype != "float32":
         out["logit_dtype"] = cfg.logit_dtype
-    if cfg.method.startswith("dpp") and cfg.keep_scores:
-        out["keep_scores"] = True
+    if cfg.method.startswith("dpp") and cfg.keep_scores is not False:
+        out["keep_scores"] = cfg.keep_scores  # DPPConfig checks it
     return out
 
 
