@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 import dpp
-from timing import cpu_name
+from timing import cpu_name, interleaved_seconds
 
 HERE = Path(__file__).resolve().parent
 DECODER = ["model.layers.*"]
@@ -479,12 +479,7 @@ def interleave(args) -> str:
         pruner, optimizer = setup(v, model)
         steps[v] = make_step(model, ids, pruner, optimizer, args.device, torch.bfloat16)
         steps[v]()
-    times: dict[str, list[float]] = {v: [] for v in names}
-    for _ in range(args.rounds):
-        for v, fn in steps.items():
-            t = time.perf_counter()
-            fn()
-            times[v].append(time.perf_counter() - t)
+    times = interleaved_seconds(steps, args.rounds, warmup=0)
     ref = statistics.median(times[names[0]])
     out = [
         f"{args.workload}: {args.rounds} interleaved rounds, {args.threads} threads, "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -28,26 +27,13 @@ import torch
 
 import dpp
 import dpp.sampling as sampling
-from timing import cpu_name
+from timing import cpu_name, interleaved_seconds
 
 
 def exponential_gumbel(shape: tuple[int, ...]) -> torch.Tensor:
     """Gumbel(0, 1) noise as ``-log(E)``, ``E ~ Exponential(1)``."""
     e = torch.empty(shape).exponential_()
     return e.clamp_(min=torch.finfo(e.dtype).tiny).log_().neg_()
-
-
-def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median ms of each function, timed once per round in turn, after one warm-up round."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
 def main() -> None:
@@ -73,7 +59,8 @@ def main() -> None:
         "gumbel_topk fwd+bwd, noise redrawn": lambda: fwd_bwd(False),
         "gumbel_topk fwd+bwd, scores kept": lambda: fwd_bwd(True),
     }
-    ms = interleaved_medians(fns, args.rounds)
+    seconds = interleaved_seconds(fns, args.rounds)
+    ms = {name: statistics.median(ts) * 1e3 for name, ts in seconds.items()}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(
         f"{args.groups} x 4, k = 2: {args.rounds} interleaved rounds, "

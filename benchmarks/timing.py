@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from dpp.experiments.machine import cpu_name
 
-__all__ = ["cpu_name", "median_ms"]
+__all__ = ["cpu_name", "interleaved_seconds", "median_ms"]
 
 
 def median_ms(
@@ -35,3 +35,20 @@ def median_ms(
         if len(times) >= max_reps:
             break
     return statistics.median(times) * 1e3
+
+
+def interleaved_seconds(
+    fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall seconds of each function, timed once per round in turn (so that a slow spell of
+    the machine hits every variant), after ``warmup`` calls of each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times

@@ -91,24 +91,19 @@ def _add_fields(
                 continue
             flag = f"--{f.name.replace('_', '-')}"
             if isinstance(value, bool):
+                kind: dict[str, Any] = {"action": argparse.BooleanOptionalAction}
                 shown = "on" if value else "off"
             elif isinstance(value, tuple):
-                shown = ",".join(value)
+                kind, shown = {"type": _corpora}, ",".join(value)
+            elif isinstance(value, (int, float, str)):
+                kind, shown = {"type": type(value)}, str(value)
             else:
-                shown = str(value)
+                continue
             text = f"{docs[f.name]} " if f.name in docs else ""
             help_text = f"{text}(default {shown or 'empty'})"
             if isinstance(value, bool) and sys.version_info < (3, 11):
                 help_text = text.strip()  # 3.10's BooleanOptionalAction adds the default
-            help_text = help_text.replace("%", "%%")
-            if isinstance(value, bool):
-                parser.add_argument(
-                    flag, action=argparse.BooleanOptionalAction, default=value, help=help_text
-                )
-            elif isinstance(value, tuple):
-                parser.add_argument(flag, type=_corpora, default=value, help=help_text)
-            elif isinstance(value, (int, float, str)):
-                parser.add_argument(flag, type=type(value), default=value, help=help_text)
+            parser.add_argument(flag, default=value, help=help_text.replace("%", "%%"), **kind)
 
 
 def _pattern(text: str) -> tuple[int, int]:

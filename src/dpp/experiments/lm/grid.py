@@ -153,17 +153,8 @@ def run_command(cfg: MaskRunConfig, output_dir: str | Path = "results/lm") -> st
     parts = [f"dpp lm run --model {cfg.model} --method {cfg.method}", f"--pattern {cfg.k}:{cfg.m}"]
     skip = {"model", "method", "k", "m", "seed"}
     if not cfg.trains:  # what only training uses
-        skip |= {
-            "steps",
-            "batch",
-            "lr",
-            "loss",
-            "bf16",
-            "grad_checkpointing",
-            "keep_scores",
-            "checkpoint_every",
-        }
-    if not cfg.method.startswith("dpp"):
+        skip |= {"steps", "batch", "lr", "loss", "bf16", "grad_checkpointing", "checkpoint_every"}
+    if not cfg.method.startswith("dpp"):  # only DPP's sampler keeps scores
         skip.add("keep_scores")
     for f in dataclasses.fields(MaskRunConfig):
         key, value = f.name, getattr(cfg, f.name)
