@@ -20,13 +20,16 @@ _tasks = "/proc/self/task"
 _names = None
 if _os.path.isdir(_tasks):
     _names = [open(f"{_tasks}/{t}/comm").read().strip() for t in _os.listdir(_tasks)]
-print(f"threads at exit of rank {_os.environ['RANK']}: {_names}", file=_sys.stderr)
+# One write of the whole line: the ranks share stderr, and print() may write the line and
+# its newline apart, so two ranks' lines could run together.
+_sys.stderr.flush()
+_os.write(2, f"threads at exit of rank {_os.environ['RANK']}: {_names}\\n".encode())
 """
 
 
 def assert_no_gloo_thread_at_exit(stderr: str, world: int) -> None:
     """Every rank of ``world`` printed its threads at exit, and none is a gloo thread."""
-    lines = re.findall(r"threads at exit of rank (\d+): (.*)", stderr)
+    lines = re.findall(r"threads at exit of rank (\d+): (\[[^\]]*\]|None)", stderr)
     assert sorted(int(rank) for rank, _ in lines) == list(range(world)), stderr
     if any(names == "None" for _, names in lines):
         pytest.skip("no /proc/self/task here to list a process's threads")
